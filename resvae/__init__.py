@@ -1,0 +1,1 @@
+"""resvae: residual VAE / autoencoder experiment suite."""

@@ -1,0 +1,149 @@
+"""`summary.json`: the one file that describes a run (DESIGN.md), rewritten atomically.
+
+It is written when training starts (status "running"), after fit ("finished"), after test, and
+on an exception ("failed", with the error). The report tool reads nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import EarlyStopping
+
+from resvae.io import atomic_write_json
+
+SUMMARY_FILE = "summary.json"
+
+
+def read_summary(folder: str | Path) -> dict[str, Any] | None:
+    path = Path(folder) / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    return json.loads(path.read_text())
+
+
+def _number(value: Any) -> float | None:
+    if value is None:
+        return None
+    return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
+
+
+class RunSummary(L.Callback):
+    def __init__(self, dirpath: str | None = None, extra: Mapping[str, Any] | None = None) -> None:
+        self.dirpath = dirpath
+        self.extra = dict(extra or {})
+        self.data: dict[str, Any] = {}
+        self._epoch_start = self._val_start = 0.0
+        self.train_seconds = self.val_seconds = 0.0
+        self.images = 0
+
+    def path(self, trainer: L.Trainer) -> Path:
+        return Path(self.dirpath or trainer.default_root_dir) / SUMMARY_FILE
+
+    # ------------------------------------------------------------------ timing
+    def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start = time.perf_counter()
+        self._epoch_val = 0.0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        self.images += len(batch)
+
+    def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._val_start = time.perf_counter()
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.sanity_checking or trainer.state.fn != "fit":
+            return
+        seconds = time.perf_counter() - self._val_start
+        self.val_seconds += seconds
+        self._epoch_val += seconds
+
+    def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.train_seconds += time.perf_counter() - self._epoch_start - self._epoch_val
+
+    # ------------------------------------------------------------------ writing
+    def _collect(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
+        metrics = trainer.callback_metrics
+        arch = pl_module.arch
+        early = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
+        ckpt = trainer.checkpoint_callback
+        data = {
+            **self.data,
+            "model": type(pl_module).__name__,
+            "depth": arch.depth,
+            "blocks": list(arch.blocks),
+            "width": arch.width,
+            "block": arch.block,
+            "shortcut": arch.shortcut,
+            "preact": arch.preact,
+            "latent_dim": arch.latent_dim,
+            "likelihood": pl_module.likelihood.name,
+            "bpd_is_likelihood": pl_module.likelihood.valid_bpd and type(pl_module).__name__ == "VAE",
+            "params": pl_module.num_parameters,
+            "epochs": trainer.current_epoch,
+            "global_step": trainer.global_step,
+            "max_epochs": trainer.max_epochs,
+            "stopped_early": bool(early is not None and early.stopped_epoch > 0),
+            "train_seconds": round(self.train_seconds, 3),
+            "val_seconds": round(self.val_seconds, 3),
+            "images_per_second": round(self.images / self.train_seconds, 1) if self.train_seconds else None,
+            "device": _device_name(pl_module.device),
+            "precision": str(trainer.precision),
+            "skipped_steps": int(pl_module.skipped_steps),
+            **self.extra,
+        }
+        for key, name in (
+            ("train_loss", "train/loss"),
+            ("val_loss", "val/loss"),
+            ("val_bpd", "val/bpd"),
+            ("test_bpd", "test/bpd"),
+            ("test_nll_iw", "test/nll_iw"),
+            ("test_bpd_iw", "test/bpd_iw"),
+            ("val_psnr", "val/psnr"),
+            ("val_ssim", "val/ssim"),
+        ):
+            if name in metrics:
+                data[key] = _number(metrics[name])
+        if ckpt is not None and getattr(ckpt, "best_model_score", None) is not None:
+            data["best_val_loss"] = _number(ckpt.best_model_score)
+        return data
+
+    def write(self, trainer: L.Trainer, pl_module: L.LightningModule, **fields: Any) -> None:
+        self.data.update(fields)
+        if trainer.is_global_zero:
+            self.data = self._collect(trainer, pl_module)
+            atomic_write_json(self.path(trainer), self.data)
+
+    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.write(
+            trainer, pl_module, status="running", error=None, started_at=time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        )
+
+    def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.write(trainer, pl_module, status="finished", finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"))
+
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self.write(trainer, pl_module, tested=True)
+
+    def on_exception(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
+    ) -> None:
+        self.write(
+            trainer,
+            pl_module,
+            status="failed",
+            error=f"{type(exception).__name__}: {exception}",
+            finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        )
+
+
+def _device_name(device: torch.device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return device.type

@@ -1,0 +1,74 @@
+"""Checkpoint files: atomic saves, and checks that a checkpoint fits the run that loads it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+from resvae.io import atomic_write
+
+CHECKPOINT_TAG = "resvae"
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, not resvae's, or of another architecture."""
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Writes local checkpoints to a temporary file, then renames: a kill mid-write leaves the
+    previous checkpoint intact. Remote paths (s3://, ...) go through Lightning's own writer."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        if get_filesystem(path).protocol not in ("file", ("file", "local")) and "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        atomic_write(Path(path), lambda f: torch.save(checkpoint, f))
+
+
+def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
+    """The `resvae` entry of a checkpoint (model class, architecture, likelihood), checked."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint {path} does not exist")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:
+        try:  # mmap needs the zip format; older or foreign files may load without it
+            ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception:
+            raise CheckpointError(
+                f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); it may be truncated"
+            ) from err
+    if not isinstance(ckpt, dict) or CHECKPOINT_TAG not in ckpt:
+        raise CheckpointError(
+            f"{path} is not a resvae checkpoint (no '{CHECKPOINT_TAG}' entry): it was not written "
+            "by resvae-train"
+        )
+    return ckpt[CHECKPOINT_TAG]
+
+
+def check_compatible(info: dict[str, Any], arch: dict[str, Any], model_class: str, path: Path) -> None:
+    """Raise CheckpointError naming every architecture field where the checkpoint differs."""
+    if info.get("model_class") != model_class:
+        raise CheckpointError(
+            f"{path} holds a {info.get('model_class')} but this run builds a {model_class}; "
+            f"set model={str(info.get('model_class')).lower()} or another checkpoint"
+        )
+    saved = info.get("arch", {})
+    diffs = [
+        f"{k}: checkpoint {saved.get(k)!r} vs run {v!r}"
+        for k, v in arch.items()
+        if k in saved and _plain(saved[k]) != _plain(v)
+    ]
+    if diffs:
+        raise CheckpointError(
+            f"{path} was trained with another architecture ({'; '.join(diffs)}); set the model "
+            "options to match it, or start a new run"
+        )
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (tuple, list)) else value

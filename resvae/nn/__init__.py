@@ -1,0 +1,28 @@
+"""Pure-PyTorch residual networks: blocks, the Residual wrapper, encoder, decoder, depth plan."""
+
+from resvae.nn.blocks import BlockOptions, ResidualBlock
+from resvae.nn.network import (
+    ArchConfig,
+    LatentAutoencoder,
+    ResNetDecoder,
+    ResNetEncoder,
+    conv_layer_count,
+    count_parameters,
+)
+from resvae.nn.plan import DepthError, depth_plan, nearest_valid_depths
+from resvae.nn.residual import Residual
+
+__all__ = [
+    "ArchConfig",
+    "BlockOptions",
+    "DepthError",
+    "LatentAutoencoder",
+    "ResNetDecoder",
+    "ResNetEncoder",
+    "Residual",
+    "ResidualBlock",
+    "conv_layer_count",
+    "count_parameters",
+    "depth_plan",
+    "nearest_valid_depths",
+]

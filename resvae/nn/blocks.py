@@ -1,0 +1,153 @@
+"""Residual blocks with the options of the residual-network literature, as typed arguments.
+
+A block computes  out = merge(shortcut(x), branch(x))  and, when post-activated, act(out).
+
+- block: "bottleneck" (1x1 reduce, 3x3, 1x1 expand; inner width = out / 4) or "basic" (3x3, 3x3).
+- preact: True puts norm -> act before each conv (He et al. 2016, identity mappings);
+  False is the original conv -> norm -> act with the activation after the merge.
+- shortcut: "identity" (a 1x1 projection only where shapes change), "projection" (always 1x1),
+  "gated" (highway: s(x) * g + f(x) * (1 - g), g = sigmoid(1x1 conv of s(x))), "scaled"
+  (shortcut_scale * s(x) + f(x)) and "none" (out = f(x): a plain network of the same depth).
+- resample: "down" halves the resolution (stride-2 3x3 conv), "up" doubles it with a transposed
+  conv (kernel 4, stride 2: kernel divisible by stride) or, with upsample="resize",
+  nearest-neighbour resize then a 3x3 conv.
+- zero_init_last: zero the scale of the branch's last norm (timm's zero_init_last), so each
+  residual block starts as its shortcut. Ignored for shortcut="none", where it would cut the
+  only path through the network. With norm="none" the last conv is zeroed instead.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+from torch import nn
+
+from resvae.nn.layers import ACTIVATIONS, NORMS, make_act, make_norm, zero_init_norm
+
+BLOCK_TYPES = ("bottleneck", "basic")
+SHORTCUTS = ("identity", "projection", "gated", "scaled", "none")
+UPSAMPLES = ("transposed", "resize")
+Resample = Literal["none", "down", "up"]
+EXPANSION = {"bottleneck": 4, "basic": 1}
+
+
+@dataclass(frozen=True)
+class BlockOptions:
+    block: str = "bottleneck"
+    preact: bool = True
+    shortcut: str = "identity"
+    shortcut_scale: float = 0.5
+    norm: str = "batch"
+    act: str = "silu"
+    zero_init_last: bool = True
+    upsample: str = "transposed"
+    gate_bias: float = 1.0  # initial gate logit of the highway shortcut: > 0 favours the carry
+
+    def __post_init__(self) -> None:
+        for name, value, allowed in (
+            ("block", self.block, BLOCK_TYPES),
+            ("shortcut", self.shortcut, SHORTCUTS),
+            ("norm", self.norm, NORMS),
+            ("act", self.act, tuple(ACTIVATIONS)),
+            ("upsample", self.upsample, UPSAMPLES),
+        ):
+            if value not in allowed:
+                raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+
+    @property
+    def expansion(self) -> int:
+        return EXPANSION[self.block]
+
+
+def _conv(cin: int, cout: int, kernel: int, resample: Resample, upsample: str) -> nn.Module:
+    """A bias-free conv that also resamples: stride 2 down, transposed or resize-conv up."""
+    if resample == "down":
+        return nn.Conv2d(cin, cout, kernel, stride=2, padding=kernel // 2, bias=False)
+    if resample == "up":
+        if upsample == "resize":
+            conv = nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False)
+            return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), conv)
+        # kernel 4 / stride 2 for the 3x3 position, kernel 2 / stride 2 for a 1x1 projection:
+        # each output pixel gets the same number of taps (no checkerboard from uneven overlap).
+        k = 4 if kernel == 3 else 2
+        return nn.ConvTranspose2d(cin, cout, k, stride=2, padding=(k - 2) // 2, bias=False)
+    return nn.Conv2d(cin, cout, kernel, padding=kernel // 2, bias=False)
+
+
+class ResidualBlock(nn.Module):
+    """One residual block mapping [B, cin, H, W] -> [B, cout, H', W'] (H' = H/2, H or 2H)."""
+
+    def __init__(
+        self, cin: int, cout: int, resample: Resample = "none", opts: BlockOptions | None = None
+    ) -> None:
+        super().__init__()
+        opts = opts or BlockOptions()
+        self.opts = opts
+        self.preact = opts.preact
+        self.shortcut_kind = opts.shortcut
+        self.shortcut_scale = opts.shortcut_scale
+
+        self.branch, last_norm, last_conv = self._make_branch(cin, cout, resample, opts)
+        self.shortcut = self._make_shortcut(cin, cout, resample, opts)
+        self.gate = None
+        if opts.shortcut == "gated":
+            self.gate = nn.Conv2d(cout, cout, 1)
+            nn.init.zeros_(self.gate.weight)
+            nn.init.constant_(self.gate.bias, opts.gate_bias)
+        self.out_act = None if opts.preact else make_act(opts.act)
+
+        if opts.zero_init_last and opts.shortcut != "none" and not zero_init_norm(last_norm):
+            nn.init.zeros_(last_conv.weight)  # norm="none": zero the last conv instead
+
+    @staticmethod
+    def _make_branch(
+        cin: int, cout: int, resample: Resample, opts: BlockOptions
+    ) -> tuple[nn.Sequential, nn.Module, nn.Module]:
+        if opts.block == "bottleneck":
+            mid = cout // opts.expansion
+            convs = [
+                _conv(cin, mid, 1, "none", opts.upsample),
+                _conv(mid, mid, 3, resample, opts.upsample),
+                _conv(mid, cout, 1, "none", opts.upsample),
+            ]
+            widths = [cin, mid, mid] if opts.preact else [mid, mid, cout]
+        else:
+            convs = [_conv(cin, cout, 3, resample, opts.upsample), _conv(cout, cout, 3, "none", "")]
+            widths = [cin, cout] if opts.preact else [cout, cout]
+        layers: list[nn.Module] = []
+        norms = [make_norm(opts.norm, w) for w in widths]
+        for i, (conv, norm) in enumerate(zip(convs, norms)):
+            if opts.preact:  # norm -> act -> conv
+                layers += [norm, make_act(opts.act), conv]
+            else:  # conv -> norm (-> act, except after the last conv: it follows the merge)
+                layers += [conv, norm] + ([make_act(opts.act)] if i < len(convs) - 1 else [])
+        return nn.Sequential(*layers), norms[-1], convs[-1]
+
+    @staticmethod
+    def _make_shortcut(cin: int, cout: int, resample: Resample, opts: BlockOptions) -> nn.Module:
+        if opts.shortcut == "none":
+            return nn.Identity()  # unused: a plain block has no shortcut path
+        if opts.shortcut != "projection" and cin == cout and resample == "none":
+            return nn.Identity()
+        proj = _conv(cin, cout, 1, resample, opts.upsample)
+        if opts.preact:
+            return proj
+        return nn.Sequential(proj, make_norm(opts.norm, cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.branch(x)
+        kind = self.shortcut_kind
+        if kind == "none":
+            out = f
+        else:
+            s = self.shortcut(x)
+            if kind == "gated":
+                g = torch.sigmoid(self.gate(s))
+                out = s * g + f * (1 - g)
+            elif kind == "scaled":
+                out = self.shortcut_scale * s + f
+            else:
+                out = s + f
+        return out if self.out_act is None else self.out_act(out)

@@ -1,0 +1,177 @@
+"""resvae-train: the Hydra app that trains one VAE/AE run (or each job of a multirun).
+
+    resvae-train experiment=smoke                     # a CPU run of a minute or two
+    resvae-train data.root=/data/cifar10 model.depth=40
+    resvae-train -m model.depth=28,40,70,100          # a depth sweep, one job per depth
+    resvae-train experiment=depth_sweep               # the recommended GPU sweep
+
+A run's folder (Hydra's output dir) has no timestamp, so the same command finds it again:
+with resume=auto a rerun or a requeued job continues from checkpoints/last.ckpt, and a run
+that already finished is not trained twice.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning as L
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+
+from resvae.callbacks import RunSummary, read_summary
+from resvae.checkpointing import AtomicCheckpointIO, check_compatible, read_checkpoint_info
+from resvae.config import config_dir
+from resvae.io import atomic_write_json
+from resvae.runinfo import git_commit
+
+log = logging.getLogger("resvae.train")
+
+
+class RunFolderError(RuntimeError):
+    """The run folder holds an earlier run that this command must not overwrite."""
+
+
+def resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
+    """The checkpoint to continue from, per `resume` (auto | never | a path)."""
+    last = run_dir / "checkpoints" / "last.ckpt"
+    if resume == "auto":
+        return last if last.is_file() else None
+    if resume == "never":
+        if any((run_dir / "checkpoints").glob("*.ckpt")):
+            raise RunFolderError(
+                f"{run_dir} already holds checkpoints of an earlier run and resume=never: nothing "
+                "was changed. Use resume=auto to continue it, or name=<new name> for a new run."
+            )
+        return None
+    path = Path(resume).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"resume={resume}: no such checkpoint file")
+    return path
+
+
+def finished_summary(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
+    """The summary of a run in `run_dir` that has nothing left to do, else None."""
+    summary = read_summary(run_dir)
+    if not summary or summary.get("status") != "finished":
+        return None
+    trained_out = summary.get("stopped_early") or summary.get("epochs", 0) >= cfg.trainer.max_epochs
+    tested = summary.get("tested") or not cfg.test
+    return summary if trained_out and tested else None
+
+
+def wandb_run_id(run_dir: Path) -> str:
+    """A W&B run id kept in the run folder, so a resumed job continues the same W&B run."""
+    path = run_dir / "wandb" / "run_id"
+    if path.is_file():
+        return path.read_text().strip()
+    run_id = secrets.token_hex(4)  # W&B ids are short lowercase alphanumerics
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(run_id + "\n")
+    return run_id
+
+
+def make_loggers(cfg: DictConfig, run_dir: Path, label: str) -> list[Any]:
+    loggers = []
+    for node in (cfg.get("logger") or {}).values():
+        if not str(node.get("_target_", "")).endswith("WandbLogger"):
+            loggers.append(instantiate(node))
+            continue
+        wandb_logger = instantiate(
+            node, id=wandb_run_id(run_dir), resume="allow", name=node.get("name") or label
+        )
+        wandb_logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True)})
+        loggers.append(wandb_logger)
+    return loggers
+
+
+def finish_wandb(exit_code: int) -> None:
+    """Close the W&B run (if any) with the job's exit code, so failures show as failed."""
+    import sys
+
+    if "wandb" not in sys.modules:
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=exit_code)
+
+
+def mark_failed(run_dir: Path, error: BaseException) -> None:
+    """Record a failure in summary.json, keeping whatever an earlier write put there."""
+    summary = read_summary(run_dir) or {}
+    if summary.get("status") == "failed":
+        return  # RunSummary already wrote it with full detail
+    summary.update(status="failed", error=f"{type(error).__name__}: {error}")
+    atomic_write_json(run_dir / "summary.json", summary)
+
+
+def train(cfg: DictConfig) -> float | None:
+    hydra_cfg = HydraConfig.get()
+    run_dir = Path(hydra_cfg.runtime.output_dir)
+    label = hydra_cfg.job.override_dirname or cfg.name
+
+    done = finished_summary(run_dir, cfg)
+    if done is not None:
+        log.info("%s: this run already finished (%s epochs); nothing to do", run_dir, done.get("epochs"))
+        return done.get("best_val_loss", done.get("val_loss"))
+    ckpt_path = resume_checkpoint(cfg.resume, run_dir)
+
+    exit_code = 1
+    try:
+        L.seed_everything(cfg.seed, workers=True)
+        torch.set_float32_matmul_precision(cfg.matmul_precision)
+        datamodule = instantiate(cfg.data)
+        model = instantiate(cfg.model, _convert_="all")
+        if ckpt_path is not None:
+            check_compatible(
+                read_checkpoint_info(ckpt_path), vars(model.arch) | {}, type(model).__name__, ckpt_path
+            )
+            log.info("resuming from %s", ckpt_path)
+
+        summary = RunSummary(
+            extra={
+                "name": cfg.name,
+                "run": label,
+                "run_dir": str(run_dir),
+                "seed": cfg.seed,
+                "overrides": list(hydra_cfg.overrides.task),
+                "git_commit": git_commit(),
+                "resumed_from": str(ckpt_path) if ckpt_path else None,
+            }
+        )
+        callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()] + [summary]
+        trainer: L.Trainer = instantiate(
+            cfg.trainer,
+            callbacks=callbacks,
+            logger=make_loggers(cfg, run_dir, label) or False,
+            plugins=[AtomicCheckpointIO()],
+        )
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+        if trainer.interrupted:
+            raise KeyboardInterrupt("training was interrupted")
+        if cfg.test:
+            best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+            trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+        exit_code = 0
+    except BaseException as err:
+        mark_failed(run_dir, err)
+        raise
+    finally:
+        finish_wandb(exit_code)
+    final = read_summary(run_dir) or {}
+    return final.get("best_val_loss", final.get("val_loss"))
+
+
+@hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    return train(cfg)
+
+
+if __name__ == "__main__":
+    main()

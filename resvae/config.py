@@ -42,8 +42,17 @@ def wandb_offline() -> bool:
     return not wandb_logged_in()
 
 
+def run_leaf(override_dirname: str) -> str:
+    """A run folder's last part: its override string, or "default" when it has none."""
+    return override_dirname or "default"
+
+
 def register_resolvers() -> None:
-    for name, fn in (("auto_precision", auto_precision), ("wandb_offline", wandb_offline)):
+    for name, fn in (
+        ("auto_precision", auto_precision),
+        ("wandb_offline", wandb_offline),
+        ("run_leaf", run_leaf),
+    ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
 

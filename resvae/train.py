@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from resvae.callbacks import RunSummary, read_summary
 from resvae.checkpointing import AtomicCheckpointIO, check_compatible, read_checkpoint_info
-from resvae.config import config_dir
+from resvae.config import config_dir, run_leaf
 from resvae.io import atomic_write_json
 from resvae.runinfo import git_commit
 
@@ -107,14 +107,15 @@ def mark_failed(run_dir: Path, error: BaseException) -> None:
     summary = read_summary(run_dir) or {}
     if summary.get("status") == "failed":
         return  # RunSummary already wrote it with full detail
-    summary.update(status="failed", error=f"{type(error).__name__}: {error}")
+    cause = error.__cause__ or error  # Hydra wraps errors raised while instantiating configs
+    summary.update(status="failed", error=f"{type(cause).__name__}: {cause}")
     atomic_write_json(run_dir / "summary.json", summary)
 
 
 def train(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    label = hydra_cfg.job.override_dirname or cfg.name
+    label = run_leaf(hydra_cfg.job.override_dirname)
 
     done = finished_summary(run_dir, cfg)
     if done is not None:
@@ -126,12 +127,12 @@ def train(cfg: DictConfig) -> float | None:
     try:
         L.seed_everything(cfg.seed, workers=True)
         torch.set_float32_matmul_precision(cfg.matmul_precision)
+        loggers = make_loggers(cfg, run_dir, label)  # first, so that a failing job shows in W&B
         datamodule = instantiate(cfg.data)
         model = instantiate(cfg.model, _convert_="all")
         if ckpt_path is not None:
-            check_compatible(
-                read_checkpoint_info(ckpt_path), vars(model.arch) | {}, type(model).__name__, ckpt_path
-            )
+            info = read_checkpoint_info(ckpt_path)
+            check_compatible(info, vars(model.arch), type(model).__name__, ckpt_path)
             log.info("resuming from %s", ckpt_path)
 
         summary = RunSummary(
@@ -147,10 +148,7 @@ def train(cfg: DictConfig) -> float | None:
         )
         callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()] + [summary]
         trainer: L.Trainer = instantiate(
-            cfg.trainer,
-            callbacks=callbacks,
-            logger=make_loggers(cfg, run_dir, label) or False,
-            plugins=[AtomicCheckpointIO()],
+            cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
         )
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:

@@ -168,7 +168,8 @@ class LatentModel(L.LightningModule):
             sched = torch.optim.lr_scheduler.CosineAnnealingLR(
                 opt, T_max=max(1, self.trainer.max_epochs or 1), eta_min=h.min_lr
             )
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss"}}
+        # stepped by hand (manual optimisation): plateau on val/loss, cosine once per epoch
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched}}
 
     def on_fit_start(self) -> None:
         if self.hparams.get("channels_last"):

@@ -66,7 +66,8 @@ class ArchConfig:
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise TypeError(
-                f"unknown architecture option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}"
+                f"unknown model option(s) {', '.join(unknown)}; "
+                f"the architecture options are: {', '.join(sorted(known))}"
             )
         if kwargs.get("blocks") is not None:
             kwargs["blocks"] = tuple(kwargs["blocks"])  # type: ignore[arg-type]

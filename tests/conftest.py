@@ -1,0 +1,58 @@
+"""Shared fixtures: run the Hydra app in a subprocess, as a user would."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Fast, quiet end-to-end runs: the smoke experiment with fewer images.
+TINY = ["experiment=smoke", "data.train_size=128", "data.val_size=32", "data.test_size=32"]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs CUDA")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def run_train(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
+    """Run `python -m resvae.train ARGS` in tmp_path with W&B offline; outputs land in tmp_path."""
+
+    def run(*args: str, check: bool = True, timeout: float = 300, env: dict | None = None):
+        full_env = {
+            **os.environ,
+            "WANDB_MODE": "offline",
+            "WANDB_SILENT": "true",
+            "HYDRA_FULL_ERROR": "0",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        full_env.pop("WANDB_API_KEY", None)
+        proc = subprocess.run(
+            [sys.executable, "-m", "resvae.train", *args],
+            cwd=tmp_path,
+            env=full_env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+        if check and proc.returncode != 0:
+            raise AssertionError(
+                f"resvae.train {' '.join(args)} failed ({proc.returncode}):\n"
+                f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
+            )
+        return proc
+
+    return run

@@ -1,0 +1,175 @@
+"""The training app end to end: config composition, a smoke run, multiruns, launchers."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from resvae.config import config_dir
+from tests.conftest import TINY
+
+EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
+SUMMARY_KEYS = {
+    "depth",
+    "blocks",
+    "params",
+    "epochs",
+    "stopped_early",
+    "train_seconds",
+    "train_loss",
+    "val_loss",
+    "best_val_loss",
+    "test_bpd",
+    "images_per_second",
+    "device",
+    "precision",
+    "git_commit",
+    "status",
+}
+
+
+def compose_train(overrides: list[str], hydra_cfg: bool = False):
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        return compose("train", overrides=overrides, return_hydra_config=hydra_cfg)
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes_and_instantiates(experiment: str, tmp_path: Path) -> None:
+    cfg = compose_train([f"experiment={experiment}", "model.width=2"])
+    model = instantiate(cfg.model, _convert_="all")
+    assert model.arch.depth == cfg.model.depth
+    datamodule = instantiate(cfg.data)
+    assert datamodule.batch_size == cfg.data.batch_size
+
+
+def test_experiments_set_the_protocols() -> None:
+    seed = compose_train(["experiment=seed_depth_sweep"], hydra_cfg=True)
+    assert seed.data.batch_size == 25 and seed.model.latent_dim == 256 and seed.model.lr == 1e-3
+    assert seed.model.optimizer == "adam" and seed.model.likelihood == "bernoulli"
+    assert seed.callbacks.early_stopping.patience == 50 and seed.callbacks.early_stopping.min_delta == 0.1
+    assert seed.model.plateau_factor == 0.5 and seed.model.plateau_patience == 25
+    assert seed.trainer.max_epochs == 1000 and seed.data.val_source == "test"
+    assert str(seed.hydra.mode) == "RunMode.MULTIRUN"
+    assert seed.hydra.sweeper.params["model.depth"] == "28,40,70,100"
+
+    modern = compose_train(["experiment=depth_sweep"], hydra_cfg=True)
+    assert modern.model.likelihood == "logistic_mixture" and modern.data.batch_size > 25
+    assert modern.hydra.sweeper.params["model.depth"] == "28,40,70,100"
+
+    smoke = compose_train(["experiment=smoke"])
+    assert smoke.data._target_.endswith("SyntheticDataModule") and smoke.trainer.accelerator == "cpu"
+
+
+def test_launcher_configs_compose() -> None:
+    slurm = compose_train(["hydra/launcher=slurm"], hydra_cfg=True)
+    assert slurm.hydra.launcher._target_.endswith("SlurmLauncher")
+    assert slurm.hydra.launcher.max_num_timeout > 0 and slurm.hydra.launcher.gpus_per_node == 1
+    plain = compose_train(["hydra/launcher=submitit_slurm"], hydra_cfg=True)
+    assert plain.hydra.launcher._target_.endswith("SlurmLauncher")
+    local = compose_train(["hydra/launcher=submitit_local"], hydra_cfg=True)
+    assert local.hydra.launcher._target_.endswith("LocalLauncher")
+
+
+def test_unknown_config_key_is_a_clear_error() -> None:
+    from hydra.errors import ConfigCompositionException
+
+    with pytest.raises(ConfigCompositionException, match="dpeth"):
+        compose_train(["model.dpeth=40"])
+    with pytest.raises(ConfigCompositionException, match="experiment"):
+        compose_train(["experiment=no_such_experiment"])
+
+
+def run_dirs(root: Path) -> dict[str, Path]:
+    """Run folders (those with a summary.json) below root, keyed by folder name."""
+    return {p.parent.name: p.parent for p in root.glob("**/summary.json")}
+
+
+def only_run_dir(root: Path) -> Path:
+    dirs = run_dirs(root)
+    assert len(dirs) == 1, dirs
+    return next(iter(dirs.values()))
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "metrics.csv") as f:
+        return list(csv.DictReader(f))
+
+
+@pytest.mark.slow
+def test_smoke_run_writes_everything_a_run_promises(run_train, tmp_path: Path) -> None:
+    proc = run_train(*TINY, "trainer.max_epochs=2", "logger=wandb")
+    run_dir = only_run_dir(tmp_path / "outputs" / "smoke")
+    assert (run_dir / ".hydra" / "config.yaml").is_file()
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
+    assert (run_dir / "checkpoints" / "best.ckpt").is_file()
+    for kind in ("samples", "recon"):
+        assert sorted(p.name for p in (run_dir / kind).glob("*.png")) == ["epoch_000.png", "epoch_001.png"]
+
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary.keys() >= SUMMARY_KEYS
+    assert summary["status"] == "finished" and summary["epochs"] == 2 and summary["depth"] == 28
+    assert summary["blocks"] == [1, 1, 1, 1] and summary["params"] > 0
+    assert summary["best_val_loss"] <= summary["val_loss"] + 1e-6
+    assert summary["test_bpd"] > 0 and summary["images_per_second"] > 0
+
+    rows = read_metrics(run_dir)
+    val_epochs = [r["epoch"] for r in rows if r.get("val/loss")]
+    train_epochs = [r["epoch"] for r in rows if r.get("train/loss")]
+    assert val_epochs == ["0", "1"] and train_epochs == ["0", "1"]
+    assert {"val/bpd", "val/psnr", "val/ssim", "train/recon", "train/kl", "test/bpd", "test/nll_iw"} <= rows[
+        0
+    ].keys()
+
+    # the offline W&B run holds the logged sample and reconstruction images
+    runs = list((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 1
+    media = [p.name for p in (runs[0] / "files" / "media" / "images").glob("*.png")]
+    assert any(n.startswith("samples") for n in media) and any(n.startswith("recon") for n in media)
+    assert "epoch 2/2" in proc.stdout  # plain progress lines
+
+    # the same command again finds the finished run and does not train it twice
+    mtime = (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns
+    again = run_train(*TINY, "trainer.max_epochs=2", "logger=csv")
+    assert "already finished" in again.stdout + again.stderr
+    assert (run_dir / "checkpoints" / "last.ckpt").stat().st_mtime_ns == mtime
+
+
+@pytest.mark.slow
+def test_depth_multirun_writes_one_folder_per_job(run_train, tmp_path: Path) -> None:
+    proc = run_train("-m", *TINY, "model.depth=28,34", "trainer.max_epochs=1", "logger=csv")
+    jobs = run_dirs(tmp_path / "outputs" / "smoke" / "multirun")
+    assert len(jobs) == 2
+    for depth, blocks in ((28, [1, 1, 1, 1]), (34, [1, 1, 2, 1])):
+        (job,) = [d for name, d in jobs.items() if f"model.depth={depth}" in name]
+        summary = json.loads((job / "summary.json").read_text())
+        assert summary["status"] == "finished"
+        assert summary["depth"] == depth and summary["blocks"] == blocks
+        assert (job / "checkpoints" / "best.ckpt").is_file()
+    assert "2 job(s)" in proc.stdout
+
+
+@pytest.mark.slow
+def test_failing_job_does_not_stop_the_sweep(run_train, tmp_path: Path) -> None:
+    proc = run_train("-m", *TINY, "model.depth=50,28", "trainer.max_epochs=1", "logger=csv", check=False)
+    assert proc.returncode != 0
+    jobs = run_dirs(tmp_path / "outputs" / "smoke" / "multirun")
+    (bad,) = [d for name, d in jobs.items() if "model.depth=50" in name]
+    (good,) = [d for name, d in jobs.items() if "model.depth=28" in name]
+    failed = json.loads((bad / "summary.json").read_text())
+    assert failed["status"] == "failed" and "nearest valid: 46 or 52" in failed["error"]
+    assert json.loads((good / "summary.json").read_text())["status"] == "finished"
+    assert "1 job(s) FAILED" in proc.stdout and "model.depth=50" in proc.stdout
+
+
+@pytest.mark.slow
+def test_submitit_local_launcher_runs_the_job(run_train, tmp_path: Path) -> None:
+    run_train("-m", "hydra/launcher=submitit_local", *TINY, "trainer.max_epochs=1", "logger=csv")
+    summary = json.loads(
+        (only_run_dir(tmp_path / "outputs" / "smoke" / "multirun") / "summary.json").read_text()
+    )
+    assert summary["status"] == "finished" and summary["epochs"] == 1

@@ -11,9 +11,11 @@ A block computes  out = merge(shortcut(x), branch(x))  and, when post-activated,
 - resample: "down" halves the resolution (stride-2 3x3 conv), "up" doubles it with a transposed
   conv (kernel 4, stride 2: kernel divisible by stride) or, with upsample="resize",
   nearest-neighbour resize then a 3x3 conv.
-- zero_init_last: zero the scale of the branch's last norm (timm's zero_init_last), so each
-  residual block starts as its shortcut. Ignored for shortcut="none", where it would cut the
-  only path through the network. With norm="none" the last conv is zeroed instead.
+- zero_init_last: make each residual branch start as the zero function, so each block starts as
+  its shortcut (timm's zero_init_last). Post-activation: the scale of the last norm (the last
+  conv with norm="none"). Pre-activation: the last conv, as the last norm sits before it and a
+  zero norm output would sit where ReLU's gradient is zero and never train. Ignored for
+  shortcut="none", where it would cut the only path through the network.
 """
 
 from __future__ import annotations
@@ -98,8 +100,10 @@ class ResidualBlock(nn.Module):
             nn.init.constant_(self.gate.bias, opts.gate_bias)
         self.out_act = None if opts.preact else make_act(opts.act)
 
-        if opts.zero_init_last and opts.shortcut != "none" and not zero_init_norm(last_norm):
-            nn.init.zeros_(last_conv.weight)  # norm="none": zero the last conv instead
+        if opts.zero_init_last and opts.shortcut != "none":
+            zeroed_norm = not opts.preact and zero_init_norm(last_norm)
+            if not zeroed_norm:
+                nn.init.zeros_(last_conv.weight)
 
     @staticmethod
     def _make_branch(

@@ -28,8 +28,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         atomic_write(Path(path), lambda f: torch.save(checkpoint, f))
 
 
-def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
-    """The `resvae` entry of a checkpoint (model class, architecture, likelihood), checked."""
+def read_checkpoint(path: str | Path) -> dict[str, Any]:
+    """A resvae checkpoint as a dict (tensors memory-mapped where possible), checked."""
     path = Path(path).expanduser()
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist")
@@ -47,7 +47,17 @@ def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
             f"{path} is not a resvae checkpoint (no '{CHECKPOINT_TAG}' entry): it was not written "
             "by resvae-train"
         )
-    return ckpt[CHECKPOINT_TAG]
+    return ckpt
+
+
+def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
+    """The `resvae` entry of a checkpoint: model class, architecture, likelihood."""
+    return read_checkpoint(path)[CHECKPOINT_TAG]
+
+
+def ledger_rows(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
+    """The epoch metrics recorded by the MetricsLedger callback in a checkpoint."""
+    return list(checkpoint.get("callbacks", {}).get("MetricsLedger", {}).get("rows", []))
 
 
 def check_compatible(info: dict[str, Any], arch: dict[str, Any], model_class: str, path: Path) -> None:

@@ -22,12 +22,23 @@ import lightning as L
 import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.utils import instantiate
+from lightning.pytorch.callbacks import LearningRateMonitor
+from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from resvae.callbacks import RunSummary, read_summary
-from resvae.checkpointing import AtomicCheckpointIO, check_compatible, read_checkpoint_info
+from resvae.callbacks.resume import MetricsLedger, PreemptionCheckpoint, RNGState
+from resvae.checkpointing import (
+    CHECKPOINT_TAG,
+    AtomicCheckpointIO,
+    check_compatible,
+    ledger_rows,
+    read_checkpoint,
+)
 from resvae.config import config_dir, run_leaf
 from resvae.io import atomic_write_json
+from resvae.loggers import write_metrics_csv
 from resvae.runinfo import git_commit
 
 log = logging.getLogger("resvae.train")
@@ -105,10 +116,13 @@ def finish_wandb(exit_code: int) -> None:
 def mark_failed(run_dir: Path, error: BaseException) -> None:
     """Record a failure in summary.json, keeping whatever an earlier write put there."""
     summary = read_summary(run_dir) or {}
-    if summary.get("status") == "failed":
+    if summary.get("status") in ("failed", "interrupted"):
         return  # RunSummary already wrote it with full detail
+    if summary.get("status") == "finished":
+        return  # a finished run in this folder stays as it was: this attempt never got to train
     cause = error.__cause__ or error  # Hydra wraps errors raised while instantiating configs
-    summary.update(status="failed", error=f"{type(cause).__name__}: {cause}")
+    status = "interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "failed"
+    summary.update(status=status, error=f"{type(cause).__name__}: {cause}")
     atomic_write_json(run_dir / "summary.json", summary)
 
 
@@ -117,11 +131,11 @@ def train(cfg: DictConfig) -> float | None:
     run_dir = Path(hydra_cfg.runtime.output_dir)
     label = run_leaf(hydra_cfg.job.override_dirname)
 
-    done = finished_summary(run_dir, cfg)
+    ckpt_path = resume_checkpoint(cfg.resume, run_dir)
+    done = finished_summary(run_dir, cfg) if cfg.resume == "auto" else None
     if done is not None:
         log.info("%s: this run already finished (%s epochs); nothing to do", run_dir, done.get("epochs"))
         return done.get("best_val_loss", done.get("val_loss"))
-    ckpt_path = resume_checkpoint(cfg.resume, run_dir)
 
     exit_code = 1
     try:
@@ -131,8 +145,11 @@ def train(cfg: DictConfig) -> float | None:
         datamodule = instantiate(cfg.data)
         model = instantiate(cfg.model, _convert_="all")
         if ckpt_path is not None:
-            info = read_checkpoint_info(ckpt_path)
-            check_compatible(info, vars(model.arch), type(model).__name__, ckpt_path)
+            checkpoint = read_checkpoint(ckpt_path)
+            check_compatible(checkpoint[CHECKPOINT_TAG], vars(model.arch), type(model).__name__, ckpt_path)
+            if cfg.resume == "auto":  # the run's own history: keep exactly the epochs it has seen
+                write_metrics_csv(run_dir / "metrics.csv", ledger_rows(checkpoint))
+            del checkpoint
             log.info("resuming from %s", ckpt_path)
 
         summary = RunSummary(
@@ -146,9 +163,15 @@ def train(cfg: DictConfig) -> float | None:
                 "resumed_from": str(ckpt_path) if ckpt_path else None,
             }
         )
-        callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()] + [summary]
+        callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
+        if not loggers:  # logger=none: Lightning refuses a LearningRateMonitor with nothing to log to
+            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+        callbacks += [summary, RNGState(), MetricsLedger(), PreemptionCheckpoint(run_dir / "checkpoints")]
+        plugins: list[Any] = [AtomicCheckpointIO()]
+        if SLURMEnvironment.detect():  # submitit requeues; Lightning must not requeue as well
+            plugins.append(SLURMEnvironment(auto_requeue=False))
         trainer: L.Trainer = instantiate(
-            cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()]
+            cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins
         )
         trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
         if trainer.interrupted:
@@ -157,6 +180,10 @@ def train(cfg: DictConfig) -> float | None:
             best = getattr(trainer.checkpoint_callback, "best_model_path", "")
             trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
         exit_code = 0
+    except SIGTERMException as err:
+        mark_failed(run_dir, err)
+        log.warning("stopped by SIGTERM; the same command resumes from checkpoints/last.ckpt")
+        raise SystemExit(143) from err  # 128 + SIGTERM, as if the signal had ended the process
     except BaseException as err:
         mark_failed(run_dir, err)
         raise

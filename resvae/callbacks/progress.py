@@ -22,9 +22,10 @@ class ProgressLines(L.Callback):
         self._fit_start = 0.0
         self._images = 0
         self._pending: int | None = None
+        self._seconds = 0.0
 
-    def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._fit_start = time.perf_counter()
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._fit_start = self._epoch_start = time.perf_counter()  # a resumed epoch has no start
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._emit(trainer)

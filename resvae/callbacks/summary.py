@@ -39,7 +39,7 @@ class RunSummary(L.Callback):
         self.dirpath = dirpath
         self.extra = dict(extra or {})
         self.data: dict[str, Any] = {}
-        self._epoch_start = self._val_start = 0.0
+        self._epoch_start = self._val_start = self._epoch_val = 0.0
         self.train_seconds = self.val_seconds = 0.0
         self.images = 0
 
@@ -47,6 +47,9 @@ class RunSummary(L.Callback):
         return Path(self.dirpath or trainer.default_root_dir) / SUMMARY_FILE
 
     # ------------------------------------------------------------------ timing
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        self._epoch_start, self._epoch_val = time.perf_counter(), 0.0  # a resumed epoch has no start
+
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start = time.perf_counter()
         self._epoch_val = 0.0
@@ -134,10 +137,11 @@ class RunSummary(L.Callback):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
+        interrupted = isinstance(exception, (KeyboardInterrupt, SystemExit))  # SIGTERM: a SystemExit
         self.write(
             trainer,
             pl_module,
-            status="failed",
+            status="interrupted" if interrupted else "failed",
             error=f"{type(exception).__name__}: {exception}",
             finished_at=time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         )

@@ -90,7 +90,7 @@ class LatentModel(L.LightningModule):
         self.net = LatentAutoencoder(self.arch, out_channels, self.code_multiplier)
         self.image_dims = self.arch.in_channels * self.arch.image_size**2
 
-        self.train_means = DeviceMeans((*self.metric_names, "grad_norm"))
+        self.train_means = DeviceMeans((*self.metric_names, "grad_norm"), persistent=True)
         self.val_means = DeviceMeans(self.metric_names)
         self.test_means = DeviceMeans((*self.metric_names, "nll_iw"))
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
@@ -203,11 +203,10 @@ class LatentModel(L.LightningModule):
                 "model.grad_clip, or check the data."
             )
 
-    def on_train_epoch_start(self) -> None:
-        self.train_means.reset()
-
     def on_train_epoch_end(self) -> None:
+        # reset after reading, not at epoch start: a run resumed mid-epoch keeps its partial sums
         self.log_dict({f"train/{k}": v for k, v in self.train_means.compute().items()})
+        self.train_means.reset()
         self.log("train/skipped_steps", self.skipped_steps.float())
         self._raise_if_diverged()
         sched = self.lr_schedulers()

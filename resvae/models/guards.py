@@ -22,11 +22,13 @@ class DeviceMeans(nn.Module):
     set, and a skipped step must weigh zero, hence this small accumulator.)
     """
 
-    def __init__(self, names: Sequence[str]) -> None:
+    def __init__(self, names: Sequence[str], persistent: bool = False) -> None:
+        """persistent=True keeps the running sums in checkpoints (a run resumed mid-epoch then
+        reports the same epoch means as one that was never stopped)."""
         super().__init__()
         self.names = tuple(names)
-        self.register_buffer("sums", torch.zeros(len(self.names)), persistent=False)
-        self.register_buffer("weight", torch.zeros(()), persistent=False)
+        self.register_buffer("sums", torch.zeros(len(self.names)), persistent=persistent)
+        self.register_buffer("weight", torch.zeros(()), persistent=persistent)
 
     def add(self, values: torch.Tensor, weight: torch.Tensor | float = 1.0) -> None:
         """values [len(names)] (batch means); weight a scalar, e.g. the batch size or 0 to skip."""

@@ -1,0 +1,241 @@
+"""Reliability promises: atomic writes, non-finite guards end to end, bad input, config fuzzing."""
+
+from __future__ import annotations
+
+import json
+import traceback
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException, HydraException
+from hydra.utils import instantiate
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from lightning.pytorch.callbacks import ModelCheckpoint
+
+import resvae
+from resvae.callbacks import RunSummary
+from resvae.checkpointing import AtomicCheckpointIO
+from resvae.config import config_dir
+from resvae.data import SyntheticDataModule
+from resvae.io import atomic_write_json
+from resvae.models import VAE, NonFiniteTrainingError
+from tests.conftest import TINY
+
+# ----------------------------------------------------------------------------- atomic writes
+
+
+def test_interrupted_checkpoint_write_leaves_the_old_file(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "last.ckpt"
+    io = AtomicCheckpointIO()
+    io.save_checkpoint({"generation": 1, "w": torch.ones(3)}, path)
+
+    def dies_half_way(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 half a checkpoint")
+        raise KeyboardInterrupt  # the job is killed mid-write
+
+    monkeypatch.setattr(torch, "save", dies_half_way)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"generation": 2, "w": torch.zeros(3)}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["generation"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_interrupted_summary_write_leaves_the_old_file(tmp_path: Path, monkeypatch) -> None:
+    path = tmp_path / "summary.json"
+    atomic_write_json(path, {"status": "finished", "epochs": 3})
+    monkeypatch.setattr(json, "dumps", lambda *a, **k: (_ for _ in ()).throw(OSError("disk full")))
+    with pytest.raises(OSError):
+        atomic_write_json(path, {"status": "running"})
+    assert json.loads(path.read_text()) == {"status": "finished", "epochs": 3}
+
+
+# ----------------------------------------------------------------------------- non-finite updates
+
+
+class DivergesAfterFirstEpoch(VAE):
+    """A VAE whose loss becomes NaN from epoch 1 on, as a diverging run's does."""
+
+    def _terms(self, x):
+        terms = super()._terms(x)
+        if self.training and self.current_epoch >= 1:
+            terms.objective = terms.objective * float("nan")
+        return terms
+
+
+def test_non_finite_run_stops_keeps_last_good_checkpoint_and_fails_summary(tmp_path: Path) -> None:
+    model = DivergesAfterFirstEpoch(
+        depth=28,
+        width=2,
+        latent_dim=8,
+        likelihood="gaussian",
+        max_consecutive_skips=3,
+        skip_check_every=1,
+        scheduler="none",
+    )
+    data = SyntheticDataModule(train_size=64, test_size=16, batch_size=16, val_size=16)
+    ckpt = ModelCheckpoint(
+        dirpath=tmp_path / "checkpoints", filename="best", monitor="val/loss", save_last=True
+    )
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=5,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        callbacks=[ckpt, RunSummary(dirpath=str(tmp_path))],
+        plugins=[AtomicCheckpointIO()],
+        default_root_dir=tmp_path,
+    )
+    with pytest.raises(NonFiniteTrainingError, match="max_consecutive_skips=3"):
+        trainer.fit(model, datamodule=data)
+
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and "NonFiniteTrainingError" in summary["error"]
+    assert summary["skipped_steps"] >= 3
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["epoch"] == 0  # the checkpoint of the last good epoch, not overwritten
+    state = last["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    # the skipped updates left the parameters exactly as they were at that checkpoint (BatchNorm's
+    # running statistics still follow each forward pass, as they do under GradScaler's skips)
+    for name, value in model.named_parameters():
+        torch.testing.assert_close(value.detach(), state[name], msg=name)
+
+
+# ----------------------------------------------------------------------------- bad input, end to end
+
+
+def _fails(run_train, *args: str) -> str:
+    proc = run_train(*args, check=False, timeout=120)
+    assert proc.returncode != 0, proc.stdout
+    assert "Traceback (most recent call last)" not in proc.stderr or "resvae" in proc.stderr
+    return proc.stdout + proc.stderr
+
+
+@pytest.mark.slow
+def test_bad_input_gives_clear_errors_and_writes_nothing_over(run_train, tmp_path: Path) -> None:
+    run_train(*TINY, "trainer.max_epochs=1", "logger=none", "test=false")
+    (run_dir,) = {p.parent.parent for p in tmp_path.glob("outputs/**/checkpoints/last.ckpt")}
+    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and ".hydra" not in str(p)}
+
+    out = _fails(run_train, *TINY, "trainer.max_epochs=1", "logger=none", "test=false", "resume=never")
+    assert "already holds checkpoints" in out and "resume=auto" in out
+    out = _fails(run_train, *TINY, "logger=none", f"resume='{tmp_path / 'nope.ckpt'}'")
+    assert "no such checkpoint" in out
+    foreign = tmp_path / "foreign.ckpt"
+    torch.save({"state_dict": {}}, foreign)
+    out = _fails(run_train, *TINY, "logger=none", f"resume='{foreign}'")
+    assert "not a resvae checkpoint" in out
+    out = _fails(
+        run_train, *TINY, "logger=none", "model.depth=34", f"resume='{run_dir}/checkpoints/last.ckpt'"
+    )
+    assert "another architecture" in out and "blocks" in out
+
+    after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and ".hydra" not in str(p)}
+    assert after == before  # nothing of the existing run was touched
+
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    out = _fails(
+        run_train, "data=cifar10", f"data.root={empty}", "data.download=false", "logger=none", "model.width=2"
+    )
+    assert "cifar-10-batches-py" in out and "data.root" in out
+    out = _fails(run_train, *TINY, "logger=none", "model.lr=-1")
+    assert "model.lr must be > 0" in out
+    out = _fails(run_train, *TINY, "logger=none", "data.batch_size=0")
+    assert "data.batch_size must be >= 1" in out
+    out = _fails(run_train, *TINY, "logger=none", "model.dpeth=40")
+    assert "dpeth" in out
+
+
+# ----------------------------------------------------------------------------- config fuzzing
+
+RESVAE_DIR = Path(resvae.__file__).parent
+CLEAR_ERRORS = (ValueError, TypeError, KeyError)
+
+words = st.sampled_from(
+    [
+        "bottleneck",
+        "basic",
+        "identity",
+        "projection",
+        "gated",
+        "scaled",
+        "none",
+        "batch",
+        "group",
+        "relu",
+        "silu",
+        "gelu",
+        "dense",
+        "spatial",
+        "transposed",
+        "resize",
+        "logistic_mixture",
+        "gaussian",
+        "bernoulli",
+        "bogus",
+        "adam",
+        "sgd",
+    ]
+)
+override = st.one_of(
+    st.builds("model.depth={}".format, st.integers(-10, 120)),
+    st.builds("model.width={}".format, st.integers(-2, 4)),
+    st.builds("model.latent_dim={}".format, st.integers(-1, 16)),
+    st.builds(
+        "model.blocks=[{}]".format,
+        st.lists(st.integers(-1, 3), max_size=5).map(lambda b: ",".join(map(str, b))),
+    ),
+    st.builds("model.block={}".format, words),
+    st.builds("model.shortcut={}".format, words),
+    st.builds("model.norm={}".format, words),
+    st.builds("model.act={}".format, words),
+    st.builds("model.latent={}".format, words),
+    st.builds("model.upsample={}".format, words),
+    st.builds("model.likelihood={}".format, words),
+    st.builds("model.optimizer={}".format, words),
+    st.builds("model.lr={}".format, st.floats(-1, 1, allow_nan=False)),
+    st.builds("model.n_mix={}".format, st.integers(-1, 3)),
+    st.builds("model.preact={}".format, st.sampled_from(["true", "false", "maybe"])),
+    st.builds("data.batch_size={}".format, st.integers(-1, 8)),
+    st.builds("data.val_size={}".format, st.sampled_from(["0", "0.5", "16", "1000", "-3"])),
+    st.builds("model={}".format, st.sampled_from(["vae", "ae", "gan"])),
+    st.builds("{}=1".format, st.sampled_from(["model.dpeth", "data.btach_size", "trainer.max_epoch"])),
+)
+
+
+def _raised_in_resvae_or_config(err: BaseException) -> bool:
+    """The innermost frame of the error's cause lies in resvae's own checks or the config layer."""
+    cause = err.__cause__ or err
+    frames = traceback.extract_tb(cause.__traceback__)
+    innermost = Path(frames[-1].filename) if frames else Path()
+    return RESVAE_DIR in innermost.parents or "omegaconf" in str(innermost) or "hydra" in str(innermost)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(overrides=st.lists(override, max_size=4))
+def test_any_override_starts_or_fails_with_a_clear_message(overrides: list[str]) -> None:
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        try:
+            cfg = compose("train", overrides=["experiment=smoke", "model.width=2", *overrides])
+        except (ConfigCompositionException, HydraException, ValueError) as err:
+            assert str(err)
+            return
+    try:
+        model = instantiate(cfg.model, _convert_="all")
+        data = instantiate(cfg.data)
+        data.setup()
+        batch = next(iter(data.train_dataloader()))
+    except Exception as err:  # must be one of our checks, with a message, not a crash inside torch
+        cause = err.__cause__ or err
+        assert isinstance(cause, CLEAR_ERRORS), repr(cause)
+        assert str(cause) and _raised_in_resvae_or_config(err), "".join(traceback.format_exception(cause))
+        return
+    terms = model._terms(model._to_input(batch[:2]))  # the run starts: one forward pass works
+    assert terms.loss.shape == (2,)

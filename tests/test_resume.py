@@ -1,0 +1,127 @@
+"""Preemption: a run killed (SIGKILL) or stopped (SIGTERM) and restarted with the same command
+continues where it stopped and ends where an uninterrupted run ends."""
+
+from __future__ import annotations
+
+import csv
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.conftest import TINY
+
+ARGS = [
+    *TINY,
+    "trainer.max_epochs=4",
+    "logger=csv",
+    "test=false",
+    "callbacks.early_stopping.patience=100",
+    "model.lr=5e-3",
+]
+
+
+def run_dir(root: Path) -> Path:
+    (path,) = {p.parent for p in (root / "outputs").glob("**/checkpoints")}
+    return path
+
+
+def final_weights(root: Path) -> dict[str, torch.Tensor]:
+    ckpt = torch.load(run_dir(root) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    return ckpt["state_dict"], ckpt
+
+
+def epoch_rows(root: Path) -> dict[str, dict[int, float]]:
+    """metric -> {epoch: value}, failing on any epoch logged twice."""
+    with open(run_dir(root) / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    seen: dict[str, dict[int, float]] = {}
+    for row in rows:
+        for key in ("train/loss", "val/loss"):
+            if row.get(key):
+                epochs = seen.setdefault(key, {})
+                epoch = int(row["epoch"])
+                assert epoch not in epochs, f"{key} logged twice for epoch {epoch}"
+                epochs[epoch] = float(row[key])
+    return seen
+
+
+def start(root: Path, *args: str) -> subprocess.Popen:
+    env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
+    return subprocess.Popen(
+        [sys.executable, "-m", "resvae.train", *args],
+        cwd=root,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def wait_for_first_checkpoint(root: Path, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if list((root / "outputs").glob("**/checkpoints/last.ckpt")):
+            return
+        if proc.poll() is not None:
+            raise AssertionError(f"run ended before its first checkpoint:\n{proc.stdout.read()}")
+        time.sleep(0.05)
+    raise AssertionError("no checkpoint in time")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("uninterrupted")
+    proc = start(root, *ARGS)
+    out, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 0, out
+    return root
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["SIGKILL", "SIGTERM"])
+def test_killed_run_resumes_and_matches_an_uninterrupted_one(
+    sig, uninterrupted: Path, tmp_path: Path
+) -> None:
+    proc = start(tmp_path, *ARGS)
+    wait_for_first_checkpoint(tmp_path, proc)
+    time.sleep(0.3)  # into the next epoch: a mid-epoch stop
+    proc.send_signal(sig)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode != 0, out
+    if sig == signal.SIGTERM:
+        assert proc.returncode == 143 and "SIGTERM: saved" in out, out
+        summary = (run_dir(tmp_path) / "summary.json").read_text()
+        assert '"interrupted"' in summary
+
+    resumed = start(tmp_path, *ARGS)
+    out, _ = resumed.communicate(timeout=300)
+    assert resumed.returncode == 0, out
+    assert "resuming from" in out
+
+    expected, expected_ckpt = final_weights(uninterrupted)
+    got, got_ckpt = final_weights(tmp_path)
+    assert got_ckpt["epoch"] == expected_ckpt["epoch"]
+    assert got_ckpt["global_step"] == expected_ckpt["global_step"]
+    for key, value in expected.items():
+        torch.testing.assert_close(got[key], value, rtol=1e-4, atol=1e-5, msg=key)
+    # optimizer, early stopping and scheduler state continue too
+    assert (
+        got_ckpt["optimizer_states"][0]["state"][0]["step"]
+        == expected_ckpt["optimizer_states"][0]["state"][0]["step"]
+    )
+    assert got_ckpt["lr_schedulers"] == expected_ckpt["lr_schedulers"]
+    es = [k for k in expected_ckpt["callbacks"] if k.startswith("EarlyStopping")][0]
+    assert got_ckpt["callbacks"][es]["wait_count"] == expected_ckpt["callbacks"][es]["wait_count"]
+
+    # metrics.csv: every epoch exactly once, the same values as the uninterrupted run
+    want, have = epoch_rows(uninterrupted), epoch_rows(tmp_path)
+    for key in ("train/loss", "val/loss"):
+        assert sorted(have[key]) == [0, 1, 2, 3]
+        for epoch, value in want[key].items():
+            assert have[key][epoch] == pytest.approx(value, rel=1e-4), (key, epoch)

@@ -125,3 +125,15 @@ def test_killed_run_resumes_and_matches_an_uninterrupted_one(
         assert sorted(have[key]) == [0, 1, 2, 3]
         for epoch, value in want[key].items():
             assert have[key][epoch] == pytest.approx(value, rel=1e-4), (key, epoch)
+
+
+@pytest.mark.slow
+def test_resumed_run_continues_its_wandb_run(run_train, tmp_path: Path) -> None:
+    args = [*TINY, "logger=wandb", "test=false"]
+    run_train(*args, "trainer.max_epochs=1")
+    out = run_train(*args, "trainer.max_epochs=2")  # same folder: max_epochs is not part of its name
+    assert "resuming from" in out.stdout + out.stderr
+    runs = sorted(run_dir(tmp_path).glob("wandb/offline-run-*"))
+    assert len(runs) == 2
+    run_id = (run_dir(tmp_path) / "wandb" / "run_id").read_text().strip()
+    assert all(r.name.endswith(f"-{run_id}") for r in runs)

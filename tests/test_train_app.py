@@ -95,6 +95,11 @@ def only_run_dir(root: Path) -> Path:
     return next(iter(dirs.values()))
 
 
+def wandb_run_log(run_dir: Path) -> str:
+    (log,) = run_dir.glob("wandb/offline-run-*/logs/debug.log")
+    return log.read_text()
+
+
 def read_metrics(run_dir: Path) -> list[dict[str, str]]:
     with open(run_dir / "metrics.csv") as f:
         return list(csv.DictReader(f))
@@ -155,7 +160,7 @@ def test_depth_multirun_writes_one_folder_per_job(run_train, tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_failing_job_does_not_stop_the_sweep(run_train, tmp_path: Path) -> None:
-    proc = run_train("-m", *TINY, "model.depth=50,28", "trainer.max_epochs=1", "logger=csv", check=False)
+    proc = run_train("-m", *TINY, "model.depth=50,28", "trainer.max_epochs=1", "logger=wandb", check=False)
     assert proc.returncode != 0
     jobs = run_dirs(tmp_path / "outputs" / "smoke" / "multirun")
     (bad,) = [d for name, d in jobs.items() if "model.depth=50" in name]
@@ -163,6 +168,8 @@ def test_failing_job_does_not_stop_the_sweep(run_train, tmp_path: Path) -> None:
     failed = json.loads((bad / "summary.json").read_text())
     assert failed["status"] == "failed" and "nearest valid: 46 or 52" in failed["error"]
     assert json.loads((good / "summary.json").read_text())["status"] == "finished"
+    # each job had its own W&B run, closed with the job's exit code (W&B's own run log says so)
+    assert "got exitcode: 1" in wandb_run_log(bad) and "got exitcode: 0" in wandb_run_log(good)
     assert "1 job(s) FAILED" in proc.stdout and "model.depth=50" in proc.stdout
 
 

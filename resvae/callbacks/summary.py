@@ -42,6 +42,8 @@ class RunSummary(L.Callback):
         self._epoch_start = self._val_start = self._epoch_val = 0.0
         self.train_seconds = self.val_seconds = 0.0
         self.images = 0
+        self._epoch_images = 0
+        self.epochs_timed: list[dict[str, float]] = []  # per epoch: images, train and val seconds
 
     def path(self, trainer: L.Trainer) -> Path:
         return Path(self.dirpath or trainer.default_root_dir) / SUMMARY_FILE
@@ -56,6 +58,7 @@ class RunSummary(L.Callback):
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         self.images += len(batch)
+        self._epoch_images += len(batch)
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._val_start = time.perf_counter()
@@ -68,7 +71,16 @@ class RunSummary(L.Callback):
         self._epoch_val += seconds
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.train_seconds += time.perf_counter() - self._epoch_start - self._epoch_val
+        seconds = time.perf_counter() - self._epoch_start - self._epoch_val
+        self.train_seconds += seconds
+        self.epochs_timed.append(
+            {
+                "images": self._epoch_images,
+                "train_seconds": round(seconds, 4),
+                "val_seconds": round(self._epoch_val, 4),
+            }
+        )
+        self._epoch_images = 0
 
     # ------------------------------------------------------------------ writing
     def _collect(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
@@ -99,6 +111,10 @@ class RunSummary(L.Callback):
             "device": _device_name(pl_module.device),
             "precision": str(trainer.precision),
             "skipped_steps": int(pl_module.skipped_steps),
+            "epochs_timed": self.epochs_timed[-20:],  # the latest epochs' images and seconds
+            "compile": pl_module.hparams.get("compile", "none"),
+            "compile_first_call_seconds": getattr(pl_module.train_forward, "first_call_seconds", None),
+            "compile_fell_back": getattr(pl_module.train_forward, "fell_back", False),
             **self.extra,
         }
         for key, name in (

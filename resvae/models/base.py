@@ -15,6 +15,7 @@ import torch
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from resvae.checkpointing import CHECKPOINT_TAG
+from resvae.models.compiled import COMPILE_MODES, CompiledOrEager
 from resvae.models.guards import DeviceMeans, guarded_update
 from resvae.models.likelihoods import bits_per_dim, make_likelihood, to_signed_unit
 from resvae.nn import ArchConfig, LatentAutoencoder, count_parameters
@@ -66,6 +67,7 @@ class LatentModel(L.LightningModule):
         max_consecutive_skips: int = 50,
         skip_check_every: int = 100,
         channels_last: bool = False,
+        compile: str = "none",
         iw_samples: int = 16,
         **arch: Any,
     ) -> None:
@@ -81,6 +83,8 @@ class LatentModel(L.LightningModule):
             raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
         if not 0 < plateau_factor < 1:
             raise ValueError(f"model.plateau_factor must be in (0, 1), got {plateau_factor}")
+        if compile not in COMPILE_MODES:
+            raise ValueError(f"unknown model.compile {compile!r}; choose one of {', '.join(COMPILE_MODES)}")
         if max_consecutive_skips < 1 or skip_check_every < 1 or iw_samples < 1:
             raise ValueError("model.max_consecutive_skips, skip_check_every and iw_samples must be >= 1")
 
@@ -98,6 +102,7 @@ class LatentModel(L.LightningModule):
         self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
         self.register_buffer("consecutive_skips", torch.zeros((), dtype=torch.long))
         self._trainable: list[torch.nn.Parameter] = []
+        self.train_forward = CompiledOrEager(self._train_forward, "none")
 
     # ----------------------------------------------------------------- subclass interface
     def _terms(self, x: torch.Tensor) -> Terms:
@@ -175,21 +180,27 @@ class LatentModel(L.LightningModule):
         if self.hparams.get("channels_last"):
             self.net.to(memory_format=torch.channels_last)
         self._trainable = [p for p in self.parameters() if p.requires_grad]
+        self.train_forward = CompiledOrEager(self._train_forward, self.hparams.get("compile", "none"))
+
+    def _train_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The region that torch.compile captures: (objective, batch means of metric_names)."""
+        terms = self._terms(x)
+        return terms.objective, torch.stack([getattr(terms, n).mean() for n in self.metric_names])
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         x = self._to_input(batch)
         opt = self.optimizers()
-        terms = self._terms(x)
-        self.manual_backward(terms.objective)
+        objective, means = self.train_forward(x)
+        self.manual_backward(objective)
         finite, grad_norm = guarded_update(
-            opt.optimizer, self._trainable, terms.objective, self.hparams.grad_clip, opt.step
+            opt.optimizer, self._trainable, objective, self.hparams.grad_clip, opt.step
         )
         opt.zero_grad(set_to_none=True)
         skipped = (~finite).long()
         self.skipped_steps.add_(skipped)
         self.consecutive_skips.add_(skipped).mul_(skipped)
-        values = [getattr(terms, n).mean() for n in self.metric_names] + [grad_norm]
-        self.train_means.add(torch.stack(values), finite.float() * x.shape[0])
+        values = torch.cat([means.detach().float(), grad_norm.detach().float().view(1)])
+        self.train_means.add(values, finite.float() * x.shape[0])
         if (batch_idx + 1) % self.hparams.skip_check_every == 0:
             self._raise_if_diverged()
 

@@ -44,11 +44,19 @@ class VAE(LatentModel):
         super().__init__(**kwargs)
         if beta < 0 or kl_warmup_steps < 0 or free_bits < 0:
             raise ValueError("model.beta, model.kl_warmup_steps and model.free_bits must be >= 0")
+        # the KL weight of the current step as a device scalar, so that a compiled or
+        # graph-captured objective reads it instead of baking in a Python number
+        self.register_buffer("kl_weight_now", torch.tensor(self.kl_weight()), persistent=False)
 
     def kl_weight(self) -> float:
         warm = self.hparams.kl_warmup_steps
-        ramp = 1.0 if warm == 0 else min(1.0, (self.global_step + 1) / warm)
+        step = self.global_step if self._trainer is not None else 0
+        ramp = 1.0 if warm == 0 else min(1.0, (step + 1) / warm)
         return self.hparams.beta * ramp
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self.hparams.kl_warmup_steps:
+            self.kl_weight_now.fill_(self.kl_weight())
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x in [-1, 1] -> (mu, logvar), float32, of the latent shape."""
@@ -65,7 +73,7 @@ class VAE(LatentModel):
         kl_opt = kl_elems.mean(0)
         if self.hparams.free_bits > 0:
             kl_opt = kl_opt.clamp(min=self.hparams.free_bits)
-        objective = recon.mean() + self.kl_weight() * kl_opt.sum()
+        objective = recon.mean() + self.kl_weight_now * kl_opt.sum()
         return Terms(loss=recon + kl, recon=recon, kl=kl, objective=objective, params=params)
 
     @torch.no_grad()

@@ -1,0 +1,76 @@
+"""resvae-bench runs on CPU with tiny sizes (its GPU numbers are measured on a GPU, not here)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from resvae.bench import format_table, main, parse_args
+
+
+@pytest.mark.slow
+def test_bench_times_the_bare_loop_and_the_real_training_app(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "bench.json"
+    main(
+        [
+            "experiment=smoke",
+            "model.width=2",
+            "--device",
+            "cpu",
+            "--depth",
+            "28",
+            "--batch",
+            "4",
+            "--steps",
+            "2",
+            "--warmup",
+            "1",
+            "--loops",
+            "bare",
+            "lightning",
+            "--data-images",
+            "256",
+            "--json",
+            str(out),
+        ]
+    )
+    rows = json.loads(out.read_text())
+    by_loop = {r["loop"]: r for r in rows}
+    assert set(by_loop) == {"bare", "lightning", "data_path"}
+    for loop in ("bare", "lightning"):
+        row = by_loop[loop]
+        assert row["depth"] == 28 and row["batch"] == 4 and row["img_s"] > 0
+        assert row["gflop_img"] > 0 and row["epoch_50k_s"] == pytest.approx(50_000 / row["img_s"], rel=0.01)
+    assert 0 < by_loop["lightning"]["val_fraction"] < 1
+    assert by_loop["data_path"]["img_s"] > 0
+    printed = capsys.readouterr().out
+    assert "| depth | batch | loop |" in printed and "lightning/bare" in printed
+
+
+def test_bench_flops_grow_with_depth_and_table_formats() -> None:
+    import torch
+
+    from resvae.bench import build_model, compose_config, train_gflop_per_image
+
+    cpu = torch.device("cpu")
+    flops = [
+        train_gflop_per_image(build_model(compose_config(["model.width=2", f"model.depth={d}"]), cpu), cpu)
+        for d in (28, 40)
+    ]
+    assert 0 < flops[0] < flops[1]
+    table = format_table(
+        [
+            {"depth": 28, "batch": 4, "loop": "bare", "img_s": 10.0},
+            {"depth": 28, "batch": 4, "loop": "lightning", "img_s": 9.0},
+        ]
+    )
+    assert "lightning/bare 0.90x" in table
+
+
+def test_bench_rejects_bad_arguments() -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--batch", "0"])
+    with pytest.raises(SystemExit):
+        parse_args(["--steps", "0"])

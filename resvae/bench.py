@@ -38,7 +38,7 @@ from omegaconf import DictConfig
 
 from resvae.config import auto_precision, config_dir
 from resvae.data.device_batches import DeviceBatches
-from resvae.models.base import LatentModel
+from resvae.models.base import LatentModel, channels_last
 
 LOOPS = ("bare", "compiled", "lightning")
 PEAK_TFLOPS = {"H100": 798.0, "H200": 790.0, "A100": 312.0}  # bf16 dense matmul, measured/spec
@@ -51,7 +51,7 @@ def compose_config(overrides: Sequence[str]) -> DictConfig:
 
 def build_model(cfg: DictConfig, device: torch.device) -> LatentModel:
     model = instantiate(cfg.model, _convert_="all").to(device)
-    if cfg.model.get("channels_last"):
+    if model.uses_channels_last():
         model.net.to(memory_format=torch.channels_last)
     return model.train()
 
@@ -211,7 +211,7 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
         gflop = train_gflop_per_image(build_model(cfg, device), device)
         for batch in batches:
             x = torch.rand(batch, 3, cfg.model.image_size, cfg.model.image_size, device=device) * 2 - 1
-            if cfg.model.get("channels_last"):
+            if channels_last(cfg.model.get("channels_last"), device):
                 x = x.contiguous(memory_format=torch.channels_last)
             for loop in args.loops:
                 if device.type == "cuda":

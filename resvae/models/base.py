@@ -39,6 +39,11 @@ class Terms:
     kl: torch.Tensor | None = None
 
 
+def channels_last(setting: bool | None, device: torch.device) -> bool:
+    """model.channels_last, or when it is null (the default), True on CUDA (tensor-core convs)."""
+    return device.type == "cuda" if setting is None else bool(setting)
+
+
 def _check_positive(name: str, value: float, allow_zero: bool = False) -> None:
     if value < 0 or (value == 0 and not allow_zero):
         bound = ">= 0" if allow_zero else "> 0"
@@ -66,7 +71,7 @@ class LatentModel(L.LightningModule):
         grad_clip: float | None = 200.0,
         max_consecutive_skips: int = 50,
         skip_check_every: int = 100,
-        channels_last: bool = False,
+        channels_last: bool | None = None,
         compile: str = "none",
         iw_samples: int = 16,
         **arch: Any,
@@ -124,9 +129,12 @@ class LatentModel(L.LightningModule):
         """uint8 [0, 255] or float [0, 1] images -> float [-1, 1] on the model's device."""
         images = images.to(self.device)
         x = to_signed_unit(images) if images.dtype == torch.uint8 else images.float() * 2 - 1
-        if self.hparams.get("channels_last"):
+        if self.uses_channels_last():
             x = x.contiguous(memory_format=torch.channels_last)
         return x
+
+    def uses_channels_last(self) -> bool:
+        return channels_last(self.hparams.get("channels_last"), self.device)
 
     @torch.no_grad()
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -177,7 +185,7 @@ class LatentModel(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched}}
 
     def on_fit_start(self) -> None:
-        if self.hparams.get("channels_last"):
+        if self.uses_channels_last():
             self.net.to(memory_format=torch.channels_last)
         self._trainable = [p for p in self.parameters() if p.requires_grad]
         self.train_forward = CompiledOrEager(self._train_forward, self.hparams.get("compile", "none"))

@@ -39,6 +39,6 @@ class AE(LatentModel):
     def latent_from_noise(self, eps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         return self.code_mean + temperature * self.code_var.sqrt() * eps
 
-    @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net.encode(self._to_input(images)).float()
+        with self.inference():
+            return self.net.encode(self._to_input(images)).float()

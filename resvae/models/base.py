@@ -7,6 +7,8 @@ device (see guards.py). Subclasses define `_terms`, the per-image loss terms of 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -136,16 +138,26 @@ class LatentModel(L.LightningModule):
     def uses_channels_last(self) -> bool:
         return channels_last(self.hparams.get("channels_last"), self.device)
 
-    @torch.no_grad()
+    @contextmanager
+    def inference(self) -> Iterator[None]:
+        """Eval mode and no grad for the public inference methods, the caller's mode restored:
+        BatchNorm must use its running statistics, not those of the batch being decoded."""
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                yield
+        finally:
+            self.train(was_training)
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents -> images in [0, 1] (the likelihood's point estimate)."""
-        return (self.likelihood.point(self.net.decode(z.to(self.device))) + 1) / 2
+        with self.inference():
+            return (self.likelihood.point(self.net.decode(z.to(self.device))) + 1) / 2
 
-    @torch.no_grad()
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(images))
 
-    @torch.no_grad()
     def sample(
         self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
     ) -> torch.Tensor:

@@ -72,9 +72,10 @@ def _log_bin_probability(
 class DiscretizedLogisticMixture(Likelihood):
     """PixelCNN++'s mixture of discretized logistics with linear channel coupling (3 channels).
 
-    params [B, K * (1 + 3 * C), H, W]: K mixture logits, then for each channel K means,
-    K log-scales and K coupling coefficients (tanh). The mean of green depends on red and blue on
-    red and green: mu_g += c0 * x_r, mu_b += c1 * x_r + c2 * x_g.
+    params [B, K * (1 + 3 * C), H, W]: K mixture logits, then three blocks of C * K channels:
+    means, log-scales and coupling coefficients (tanh), each ordered channel-major ([C, K]).
+    The mean of green depends on red and blue on red and green: mu_g += c0 * x_r,
+    mu_b += c1 * x_r + c2 * x_g.
     """
 
     name = "logistic_mixture"
@@ -216,7 +217,8 @@ class Bernoulli(Likelihood):
         return torch.sigmoid(params.float()) * 2 - 1
 
     def sample(self, params: torch.Tensor) -> torch.Tensor:
-        return self.point(params)  # a binary draw of a grey-level image is not an image
+        # the mean, quantised: a binary draw of a grey-level image is not an image
+        return to_signed_unit(to_uint8(self.point(params)))
 
 
 LIKELIHOODS = ("logistic_mixture", "gaussian", "bernoulli")

@@ -91,7 +91,7 @@ class VAE(LatentModel):
     def latent_from_noise(self, eps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         return eps * temperature
 
-    @torch.no_grad()
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         """Images -> posterior mean."""
-        return self.posterior(self._to_input(images))[0]
+        with self.inference():
+            return self.posterior(self._to_input(images))[0]

@@ -26,6 +26,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="module")
+def one_thread():
+    """Small-tensor tests run on one intra-op thread: faster than two for tensors this small,
+    and immune to the oversubscription that makes two-thread runs 5-15x slower when other
+    processes share the cores. The previous setting is restored afterwards."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture
 def run_train(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
     """Run `python -m resvae.train ARGS` in tmp_path with W&B offline; outputs land in tmp_path."""

@@ -29,15 +29,7 @@ LEVELS = torch.arange(256)
 GRID = LEVELS.double() / 127.5 - 1.0  # the 256 level values on the [-1, 1] scale
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Run these small-tensor tests on one intra-op thread: faster than two for tensors this
-    small, and immune to the oversubscription that makes two-thread runs 5-15x slower when
-    other processes share the cores. The previous setting is restored afterwards."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 # ----------------------------------------------------------------------------- references

@@ -26,8 +26,9 @@ LATENTS = ("dense", "spatial")
 
 
 @dataclass(frozen=True)
-class ArchConfig:
-    """Everything that fixes the network's shape; validated on construction."""
+class ArchConfig(BlockOptions):
+    """Everything that fixes the network's shape (the block options included); validated on
+    construction."""
 
     depth: int | None = 28
     blocks: tuple[int, ...] | None = None
@@ -36,16 +37,9 @@ class ArchConfig:
     latent: str = "dense"
     image_size: int = 32
     in_channels: int = 3
-    block: str = "bottleneck"
-    preact: bool = True
-    shortcut: str = "identity"
-    shortcut_scale: float = 0.5
-    norm: str = "batch"
-    act: str = "silu"
-    zero_init_last: bool = True
-    upsample: str = "transposed"
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         plan = resolve_blocks(self.depth, self.blocks)
         object.__setattr__(self, "blocks", plan)
         object.__setattr__(self, "depth", depth_of(plan))
@@ -57,7 +51,6 @@ class ArchConfig:
         down = 2 ** (STAGES - 1)
         if self.image_size < down or self.image_size % down:
             raise ValueError(f"image_size must be a positive multiple of {down}, got {self.image_size}")
-        _ = self.block_options  # BlockOptions validates the block fields
 
     @classmethod
     def from_kwargs(cls, **kwargs: object) -> ArchConfig:
@@ -75,16 +68,7 @@ class ArchConfig:
 
     @property
     def block_options(self) -> BlockOptions:
-        return BlockOptions(
-            block=self.block,
-            preact=self.preact,
-            shortcut=self.shortcut,
-            shortcut_scale=self.shortcut_scale,
-            norm=self.norm,
-            act=self.act,
-            zero_init_last=self.zero_init_last,
-            upsample=self.upsample,
-        )
+        return BlockOptions(**{f.name: getattr(self, f.name) for f in fields(BlockOptions)})
 
     def stage_channels(self) -> list[int]:
         """Block output channels per stage: width * 2**i * expansion."""

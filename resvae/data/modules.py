@@ -129,7 +129,9 @@ class CIFAR10DataModule(ImageDataModule):
         try:
             CIFAR10(str(self.root), train=True, download=True)
         except Exception as err:  # offline, proxy, disk: all end the same way for the user
-            raise DatasetError(f"{missing} Downloading it failed ({type(err).__name__}: {err}).{fix}") from err
+            raise DatasetError(
+                f"{missing} Downloading it failed ({type(err).__name__}: {err}).{fix}"
+            ) from err
 
     def load_arrays(self) -> dict[str, np.ndarray]:
         folder = find_batches_folder(self.root)
@@ -148,8 +150,7 @@ def synthetic_images(n: int, size: int, seed: int) -> np.ndarray:
     """
     g = torch.Generator().manual_seed(seed)
     coarse = torch.rand(n, 3, 4, 4, generator=g)
-    images = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear",
-                                             align_corners=False)
+    images = torch.nn.functional.interpolate(coarse, size=(size, size), mode="bilinear", align_corners=False)
     side = max(2, size // 4)
     corners = torch.randint(0, size - side + 1, (n, 2), generator=g)
     colours = torch.rand(n, 3, generator=g)

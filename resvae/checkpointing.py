@@ -60,18 +60,32 @@ def ledger_rows(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
     return list(checkpoint.get("callbacks", {}).get("MetricsLedger", {}).get("rows", []))
 
 
-def check_compatible(info: dict[str, Any], arch: dict[str, Any], model_class: str, path: Path) -> None:
-    """Raise CheckpointError naming every architecture field where the checkpoint differs."""
+def epoch_end_pending(checkpoint: dict[str, Any]) -> bool:
+    """True when the checkpoint was written before its epoch's end hooks ran (Lightning will run
+    them, and log the epoch's training metrics, again on resume)."""
+    progress = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {})
+    return int(progress.get("processed", checkpoint.get("epoch", 0) + 1)) <= int(checkpoint.get("epoch", 0))
+
+
+def logged_step(checkpoint: dict[str, Any]) -> int:
+    """The logger step a checkpoint was written at (Lightning's batches-that-stepped count)."""
+    loop = checkpoint.get("loops", {}).get("fit_loop", {}).get("epoch_loop.state_dict", {})
+    return int(loop.get("_batches_that_stepped", checkpoint.get("global_step", 0)))
+
+
+def check_compatible(info: dict[str, Any], shape: dict[str, Any], model_class: str, path: Path) -> None:
+    """Raise CheckpointError naming every field (architecture, likelihood) where the checkpoint
+    differs from the model this run builds (`shape`: LatentModel.shape_signature())."""
     if info.get("model_class") != model_class:
         raise CheckpointError(
             f"{path} holds a {info.get('model_class')} but this run builds a {model_class}; "
             f"set model={str(info.get('model_class')).lower()} or another checkpoint"
         )
-    saved = info.get("arch", {})
+    saved = {**info.get("arch", {}), "likelihood": info.get("likelihood"), "n_mix": info.get("n_mix")}
     diffs = [
         f"{k}: checkpoint {saved.get(k)!r} vs run {v!r}"
-        for k, v in arch.items()
-        if k in saved and _plain(saved[k]) != _plain(v)
+        for k, v in shape.items()
+        if saved.get(k) is not None and _plain(saved[k]) != _plain(v)
     ]
     if diffs:
         raise CheckpointError(

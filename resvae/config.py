@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import netrc
 import os
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -42,9 +44,32 @@ def wandb_offline() -> bool:
     return not wandb_logged_in()
 
 
-def run_leaf(override_dirname: str) -> str:
-    """A run folder's last part: its override string, or "default" when it has none."""
-    return override_dirname or "default"
+MAX_LEAF = 120  # characters of a run folder's name before the rest is replaced by a hash
+
+
+def run_leaf(overrides: Sequence[str], excluded: Sequence[str] = ()) -> str:
+    """A run folder's last part: the command line's overrides that change what is trained.
+
+    ["model.depth=40", "logger=csv", "data.root=/x"] -> "model.depth=40" (with `excluded`
+    holding "logger" and "data.root"; a key is excluded with everything below it). Sorted, so
+    the order on the command line does not matter; "/" in values becomes "%2F" so that a value
+    never nests folders; names longer than MAX_LEAF end in a hash of the whole; "default"
+    when nothing is left.
+    """
+
+    def key_of(item: str) -> str:
+        return item.split("=", 1)[0].lstrip("+~")
+
+    kept = sorted(
+        item
+        for item in overrides
+        if not any(key_of(item) == ex or key_of(item).startswith(ex + ".") for ex in excluded)
+    )
+    leaf = ",".join(kept).replace("/", "%2F") or "default"
+    if len(leaf) > MAX_LEAF:
+        digest = hashlib.sha1(leaf.encode()).hexdigest()[:10]
+        leaf = f"{leaf[: MAX_LEAF - 11]}~{digest}"
+    return leaf
 
 
 def register_resolvers() -> None:

@@ -33,12 +33,14 @@ from resvae.checkpointing import (
     CHECKPOINT_TAG,
     AtomicCheckpointIO,
     check_compatible,
+    epoch_end_pending,
     ledger_rows,
+    logged_step,
     read_checkpoint,
 )
-from resvae.config import config_dir, run_leaf
+from resvae.config import config_dir
 from resvae.io import atomic_write_json
-from resvae.loggers import write_metrics_csv
+from resvae.loggers import restore_metrics_csv
 from resvae.runinfo import git_commit
 
 log = logging.getLogger("resvae.train")
@@ -52,7 +54,16 @@ def resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
     """The checkpoint to continue from, per `resume` (auto | never | a path)."""
     last = run_dir / "checkpoints" / "last.ckpt"
     if resume == "auto":
-        return last if last.is_file() else None
+        if last.is_file():
+            return last
+        others = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
+        if others:  # e.g. save_last was off: starting afresh would write over this run
+            raise RunFolderError(
+                f"{run_dir} holds {', '.join(others)} but no last.ckpt, so it cannot be continued "
+                "exactly: nothing was changed. Continue from one of them with resume='<path>', or "
+                "start a new run with name=<new name>."
+            )
+        return None
     if resume == "never":
         if any((run_dir / "checkpoints").glob("*.ckpt")):
             raise RunFolderError(
@@ -66,14 +77,25 @@ def resume_checkpoint(resume: str, run_dir: Path) -> Path | None:
     return path
 
 
-def finished_summary(run_dir: Path, cfg: DictConfig) -> dict[str, Any] | None:
-    """The summary of a run in `run_dir` that has nothing left to do, else None."""
-    summary = read_summary(run_dir)
+def work_left(summary: dict[str, Any] | None, cfg: DictConfig) -> str:
+    """What a run with this summary still needs: "train" (and test), "test" only, or "nothing"."""
     if not summary or summary.get("status") != "finished":
-        return None
+        return "train"
     trained_out = summary.get("stopped_early") or summary.get("epochs", 0) >= cfg.trainer.max_epochs
-    tested = summary.get("tested") or not cfg.test
-    return summary if trained_out and tested else None
+    if not trained_out:
+        return "train"  # e.g. max_epochs was raised since
+    return "test" if cfg.test and not summary.get("tested") else "nothing"
+
+
+def best_checkpoint(trainer: L.Trainer, run_dir: Path) -> str | None:
+    """The checkpoint to test: the best one by val/loss, else the last, else the current weights."""
+    best = getattr(trainer.checkpoint_callback, "best_model_path", "")
+    if best:
+        return best
+    for name in ("best.ckpt", "last.ckpt"):
+        if (run_dir / "checkpoints" / name).is_file():
+            return str(run_dir / "checkpoints" / name)
+    return None
 
 
 def wandb_run_id(run_dir: Path) -> str:
@@ -129,13 +151,14 @@ def mark_failed(run_dir: Path, error: BaseException) -> None:
 def train(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
-    label = run_leaf(hydra_cfg.job.override_dirname)
+    label = run_dir.name  # the run's override string (or "default"): its W&B run name
 
     ckpt_path = resume_checkpoint(cfg.resume, run_dir)
-    done = finished_summary(run_dir, cfg) if cfg.resume == "auto" else None
-    if done is not None:
-        log.info("%s: this run already finished (%s epochs); nothing to do", run_dir, done.get("epochs"))
-        return done.get("best_val_loss", done.get("val_loss"))
+    previous = read_summary(run_dir)
+    todo = work_left(previous, cfg) if cfg.resume == "auto" else "train"
+    if todo == "nothing":
+        log.info("%s: this run already finished (%s epochs); nothing to do", run_dir, previous.get("epochs"))
+        return previous.get("best_val_loss", previous.get("val_loss"))
 
     exit_code = 1
     try:
@@ -144,11 +167,20 @@ def train(cfg: DictConfig) -> float | None:
         loggers = make_loggers(cfg, run_dir, label)  # first, so that a failing job shows in W&B
         datamodule = instantiate(cfg.data)
         model = instantiate(cfg.model, _convert_="all")
-        if ckpt_path is not None:
+        if ckpt_path is not None and todo == "train":
             checkpoint = read_checkpoint(ckpt_path)
-            check_compatible(checkpoint[CHECKPOINT_TAG], vars(model.arch), type(model).__name__, ckpt_path)
-            if cfg.resume == "auto":  # the run's own history: keep exactly the epochs it has seen
-                write_metrics_csv(run_dir / "metrics.csv", ledger_rows(checkpoint))
+            check_compatible(
+                checkpoint[CHECKPOINT_TAG], model.shape_signature(), type(model).__name__, ckpt_path
+            )
+            if ckpt_path.resolve().is_relative_to(run_dir.resolve()):
+                # this run's own checkpoint: metrics.csv goes back to what it had seen
+                restore_metrics_csv(
+                    run_dir / "metrics.csv",
+                    checkpoint["epoch"],
+                    logged_step(checkpoint),
+                    ledger_rows(checkpoint),
+                    epoch_end_pending(checkpoint),
+                )
             del checkpoint
             log.info("resuming from %s", ckpt_path)
 
@@ -161,7 +193,8 @@ def train(cfg: DictConfig) -> float | None:
                 "overrides": list(hydra_cfg.overrides.task),
                 "git_commit": git_commit(),
                 "resumed_from": str(ckpt_path) if ckpt_path else None,
-            }
+            },
+            previous=previous if cfg.resume == "auto" else None,
         )
         callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
         if not loggers:  # logger=none: Lightning refuses a LearningRateMonitor with nothing to log to
@@ -173,12 +206,14 @@ def train(cfg: DictConfig) -> float | None:
         trainer: L.Trainer = instantiate(
             cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins
         )
-        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-        if trainer.interrupted:
-            raise KeyboardInterrupt("training was interrupted")
+        if todo == "train":
+            trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+            if trainer.interrupted:
+                raise KeyboardInterrupt("training was interrupted")
+        else:
+            log.info("%s: training finished earlier; running the test only", run_dir)
         if cfg.test:
-            best = getattr(trainer.checkpoint_callback, "best_model_path", "")
-            trainer.test(model, datamodule=datamodule, ckpt_path=best or None)
+            trainer.test(model, datamodule=datamodule, ckpt_path=best_checkpoint(trainer, run_dir))
         exit_code = 0
     except SIGTERMException as err:
         mark_failed(run_dir, err)

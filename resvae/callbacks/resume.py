@@ -53,8 +53,25 @@ class RNGState(L.Callback):
 
 
 class PreemptionCheckpoint(L.Callback):
+    """Also lets a validation run that SIGTERM interrupts finish first: a checkpoint taken
+    mid-validation would resume into the next epoch with this epoch never validated (no best
+    checkpoint, early-stopping or plateau update for it)."""
+
     def __init__(self, dirpath: str | Path, filename: str = "last.ckpt") -> None:
         self.path = Path(dirpath) / filename
+        self._deferred = False
+
+    def on_validation_batch_end(
+        self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0
+    ) -> None:  # noqa: ANN001
+        if trainer.state.fn == "fit" and not trainer.sanity_checking and trainer.received_sigterm:
+            trainer._signal_connector.received_sigterm = False  # Lightning checks it right after this hook
+            self._deferred = True
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if self._deferred:
+            trainer._signal_connector.received_sigterm = True  # stops at the next safe point
+            self._deferred = False
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException

@@ -30,8 +30,11 @@ class AE(LatentModel):
         if self.training:
             with torch.no_grad():  # running Gaussian fit of the codes, for sampling
                 m = self.hparams.code_momentum
-                self.code_mean.lerp_(z.mean(0), m)
-                self.code_var.lerp_(z.var(0, unbiased=False), m)
+                ok = torch.isfinite(z).all()  # a non-finite batch must not poison the fit
+                mean = torch.where(ok, z.mean(0), self.code_mean)
+                var = torch.where(ok, z.var(0, unbiased=False), self.code_var)
+                self.code_mean.lerp_(mean, m)
+                self.code_var.lerp_(var, m)
         params = self.net.decode(z)
         recon = self.likelihood.nll(params, x)
         return Terms(loss=recon, recon=recon, objective=recon.mean(), params=params)

@@ -90,6 +90,8 @@ class LatentModel(L.LightningModule):
             raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
         if not 0 < plateau_factor < 1:
             raise ValueError(f"model.plateau_factor must be in (0, 1), got {plateau_factor}")
+        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+            raise ValueError(f"model.betas must be two numbers in [0, 1), got {list(betas)}")
         if compile not in COMPILE_MODES:
             raise ValueError(f"unknown model.compile {compile!r}; choose one of {', '.join(COMPILE_MODES)}")
         if max_consecutive_skips < 1 or skip_check_every < 1 or iw_samples < 1:
@@ -123,6 +125,10 @@ class LatentModel(L.LightningModule):
         raise NotImplementedError
 
     # ----------------------------------------------------------------- public inference API
+    def shape_signature(self) -> dict[str, Any]:
+        """What fixes the shapes of the weights: architecture and likelihood."""
+        return {**asdict(self.arch), "likelihood": self.likelihood.name, "n_mix": self.hparams.n_mix}
+
     @property
     def num_parameters(self) -> int:
         return count_parameters(self.net)
@@ -196,11 +202,28 @@ class LatentModel(L.LightningModule):
         # stepped by hand (manual optimisation): plateau on val/loss, cosine once per epoch
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched}}
 
+    def on_train_start(self) -> None:
+        sched = self.lr_schedulers()
+        if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+            sched.T_max = max(1, self.trainer.max_epochs or 1)  # a resumed run may have a new max
+
     def on_fit_start(self) -> None:
+        self.check_data_shape(getattr(self.trainer, "datamodule", None))
         if self.uses_channels_last():
             self.net.to(memory_format=torch.channels_last)
         self._trainable = [p for p in self.parameters() if p.requires_grad]
         self.train_forward = CompiledOrEager(self._train_forward, self.hparams.get("compile", "none"))
+
+    def check_data_shape(self, datamodule: Any) -> None:
+        """A clear error when the data's images are not the shape the network was built for."""
+        shape = getattr(datamodule, "image_shape", None)
+        want = (self.arch.in_channels, self.arch.image_size, self.arch.image_size)
+        if shape is not None and tuple(shape) != want:
+            raise ValueError(
+                f"the data's images are {list(shape)} (channels, height, width) but the model is "
+                f"built for {list(want)}: set model.image_size={shape[-1]} and "
+                f"model.in_channels={shape[0]} to match the data"
+            )
 
     def _train_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """The region that torch.compile captures: (objective, batch means of metric_names)."""
@@ -297,6 +320,7 @@ class LatentModel(L.LightningModule):
             "model_class": type(self).__name__,
             "arch": asdict(self.arch),
             "likelihood": self.likelihood.name,
+            "n_mix": self.hparams.n_mix,
             "valid_bpd": self.likelihood.valid_bpd,
         }
         # torch.compile wraps modules as `_orig_mod`: save the plain names so an uncompiled

@@ -1,0 +1,154 @@
+"""Resume edge cases: test-only reruns, summaries across attempts, validation every n epochs,
+folders without last.ckpt, SIGTERM during validation, run folder names."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+from collections import Counter
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+from resvae.callbacks.resume import PreemptionCheckpoint
+from resvae.checkpointing import CheckpointError, check_compatible
+from resvae.config import MAX_LEAF, run_leaf
+from resvae.data import SyntheticDataModule
+from resvae.models import VAE
+from tests.conftest import TINY
+
+
+def the_run(root: Path) -> Path:
+    (path,) = {p.parent for p in (root / "outputs").glob("**/summary.json")}
+    return path
+
+
+def summary_of(root: Path) -> dict:
+    return json.loads((the_run(root) / "summary.json").read_text())
+
+
+def epochs_logged(root: Path, key: str) -> Counter:
+    with open(the_run(root) / "metrics.csv") as f:
+        return Counter(int(float(r["epoch"])) for r in csv.DictReader(f) if r.get(key))
+
+
+@pytest.mark.slow
+def test_rerun_of_an_early_stopped_run_only_tests_it(run_train, tmp_path: Path) -> None:
+    args = [
+        *TINY,
+        "logger=csv",
+        "callbacks.early_stopping.patience=1",
+        "callbacks.early_stopping.min_delta=1e9",
+        "trainer.max_epochs=6",
+    ]
+    run_train(*args, "test=false")
+    first = summary_of(tmp_path)
+    assert first["stopped_early"] and first["epochs"] == 2 and "test_bpd" not in first
+    last = the_run(tmp_path) / "checkpoints" / "last.ckpt"
+    mtime = last.stat().st_mtime_ns
+
+    out = run_train(*args, "test=true")
+    assert "running the test only" in out.stdout + out.stderr
+    second = summary_of(tmp_path)
+    assert last.stat().st_mtime_ns == mtime  # not trained further
+    for key in ("epochs", "global_step", "best_val_loss", "train_loss", "val_loss", "train_seconds"):
+        assert second[key] == first[key], key
+    assert second["tested"] and second["test_bpd"] > 0 and second["status"] == "finished"
+
+
+@pytest.mark.slow
+def test_extended_run_keeps_its_record_and_metrics_with_sparse_validation(run_train, tmp_path: Path) -> None:
+    args = [
+        *TINY,
+        "logger=csv",
+        "test=false",
+        "trainer.check_val_every_n_epoch=2",
+        "callbacks.early_stopping.patience=100",
+    ]
+    run_train(*args, "trainer.max_epochs=4")
+    first = summary_of(tmp_path)
+    run_train(*args, "trainer.max_epochs=6")  # same folder: continues to epoch 6
+    second = summary_of(tmp_path)
+    assert second["epochs"] == 6 and second["global_step"] == first["global_step"] * 6 // 4
+    assert second["train_seconds"] > first["train_seconds"]  # totals span both attempts
+    assert epochs_logged(tmp_path, "train/loss") == Counter(range(6))
+    assert epochs_logged(tmp_path, "val/loss") == Counter([1, 3, 5])
+
+
+@pytest.mark.slow
+def test_folder_with_checkpoints_but_no_last_is_not_overwritten(run_train, tmp_path: Path) -> None:
+    run_train(*TINY, "logger=none", "test=false", "trainer.max_epochs=1")
+    ckpts = the_run(tmp_path) / "checkpoints"
+    (ckpts / "last.ckpt").unlink()
+    best = (ckpts / "best.ckpt").read_bytes()
+    out = run_train(*TINY, "logger=none", "test=false", "trainer.max_epochs=2", check=False)
+    assert out.returncode != 0 and "no last.ckpt" in out.stdout + out.stderr
+    assert (ckpts / "best.ckpt").read_bytes() == best
+
+
+class SigtermDuringValidation(L.Callback):
+    def on_validation_batch_start(self, trainer, pl_module, batch, batch_idx, dataloader_idx=0):
+        if not trainer.sanity_checking and trainer.current_epoch == 0 and batch_idx == 0:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+def test_sigterm_during_validation_lets_the_validation_finish(tmp_path: Path) -> None:
+    model = VAE(depth=28, width=2, latent_dim=4, likelihood="gaussian", scheduler="none")
+    data = SyntheticDataModule(train_size=48, test_size=8, batch_size=16, val_size=32, val_batch_size=8)
+    best = ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val/loss")
+    trainer = L.Trainer(
+        accelerator="cpu",
+        max_epochs=3,
+        logger=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        callbacks=[best, PreemptionCheckpoint(tmp_path), SigtermDuringValidation()],
+    )
+    with pytest.raises(SIGTERMException):
+        trainer.fit(model, datamodule=data)
+    ckpt = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
+    # the stop came after epoch 0 had finished, validation included: the run resumes at epoch 1
+    # with epoch 0 validated (a best checkpoint exists), not with epoch 0 half-validated
+    assert ckpt["epoch"] == 1
+    assert ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 1
+    state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint"))
+    assert state["best_model_score"] is not None and (tmp_path / "best.ckpt").is_file()
+
+
+def test_run_leaf_names_runs_by_what_changes_training() -> None:
+    excluded = ["logger", "data.root", "trainer.max_epochs"]
+    assert run_leaf([], excluded) == "default"
+    assert run_leaf(["model.depth=40", "logger=csv", "data.root=/d"], excluded) == "model.depth=40"
+    assert run_leaf(["b=1", "a=2"], excluded) == run_leaf(["a=2", "b=1"], excluded) == "a=2,b=1"
+    assert run_leaf(["logger.wandb.project=x", "trainer.max_epochs=5"], excluded) == "default"
+    assert "/" not in run_leaf(["+callbacks.sample_grids.dirpath=/tmp/x"], excluded)
+    long = [f"model.option_{i}={'x' * 20}" for i in range(20)]
+    name = run_leaf(long, excluded)
+    assert len(name) <= MAX_LEAF and name != run_leaf(long[:-1], excluded)
+
+
+def test_checkpoint_of_another_likelihood_is_refused() -> None:
+    model = VAE(depth=28, width=2, latent_dim=4, likelihood="gaussian")
+    info = {
+        "model_class": "VAE",
+        "arch": dict(model.shape_signature()),
+        "likelihood": "logistic_mixture",
+        "n_mix": 10,
+    }
+    with pytest.raises(CheckpointError, match="likelihood"):
+        check_compatible(info, model.shape_signature(), "VAE", Path("x.ckpt"))
+
+
+def test_data_of_another_image_shape_is_a_clear_error() -> None:
+    model = VAE(depth=28, width=2, latent_dim=4, image_size=16)
+    data = SyntheticDataModule(train_size=16, test_size=4, batch_size=4, val_size=4)
+    data.setup()
+    with pytest.raises(ValueError, match="model.image_size=32"):
+        model.check_data_shape(data)

@@ -148,6 +148,30 @@ def mark_failed(run_dir: Path, error: BaseException) -> None:
     atomic_write_json(run_dir / "summary.json", summary)
 
 
+def prepare_resume(ckpt_path: Path, model: Any, run_dir: Path) -> None:
+    """Check that the checkpoint fits the model; for the run's own checkpoint, bring metrics.csv
+    back to what that checkpoint had seen (the resumed run logs the rest again)."""
+    checkpoint = read_checkpoint(ckpt_path)
+    check_compatible(checkpoint[CHECKPOINT_TAG], model.shape_signature(), type(model).__name__, ckpt_path)
+    if ckpt_path.resolve().is_relative_to(run_dir.resolve()):
+        restore_metrics_csv(
+            run_dir / "metrics.csv",
+            checkpoint["epoch"],
+            logged_step(checkpoint),
+            ledger_rows(checkpoint),
+            epoch_end_pending(checkpoint),
+        )
+    log.info("resuming from %s", ckpt_path)
+
+
+def make_callbacks(cfg: DictConfig, run_dir: Path, summary: RunSummary, with_loggers: bool) -> list[Any]:
+    """The configured callbacks plus those the run-folder contract needs (summary, resume)."""
+    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
+    if not with_loggers:  # logger=none: Lightning refuses a LearningRateMonitor with nothing to log to
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return [*callbacks, summary, RNGState(), MetricsLedger(), PreemptionCheckpoint(run_dir / "checkpoints")]
+
+
 def train(cfg: DictConfig) -> float | None:
     hydra_cfg = HydraConfig.get()
     run_dir = Path(hydra_cfg.runtime.output_dir)
@@ -168,22 +192,7 @@ def train(cfg: DictConfig) -> float | None:
         datamodule = instantiate(cfg.data)
         model = instantiate(cfg.model, _convert_="all")
         if ckpt_path is not None and todo == "train":
-            checkpoint = read_checkpoint(ckpt_path)
-            check_compatible(
-                checkpoint[CHECKPOINT_TAG], model.shape_signature(), type(model).__name__, ckpt_path
-            )
-            if ckpt_path.resolve().is_relative_to(run_dir.resolve()):
-                # this run's own checkpoint: metrics.csv goes back to what it had seen
-                restore_metrics_csv(
-                    run_dir / "metrics.csv",
-                    checkpoint["epoch"],
-                    logged_step(checkpoint),
-                    ledger_rows(checkpoint),
-                    epoch_end_pending(checkpoint),
-                )
-            del checkpoint
-            log.info("resuming from %s", ckpt_path)
-
+            prepare_resume(ckpt_path, model, run_dir)
         summary = RunSummary(
             extra={
                 "name": cfg.name,
@@ -196,10 +205,7 @@ def train(cfg: DictConfig) -> float | None:
             },
             previous=previous if cfg.resume == "auto" else None,
         )
-        callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
-        if not loggers:  # logger=none: Lightning refuses a LearningRateMonitor with nothing to log to
-            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-        callbacks += [summary, RNGState(), MetricsLedger(), PreemptionCheckpoint(run_dir / "checkpoints")]
+        callbacks = make_callbacks(cfg, run_dir, summary, with_loggers=bool(loggers))
         plugins: list[Any] = [AtomicCheckpointIO()]
         if SLURMEnvironment.detect():  # submitit requeues; Lightning must not requeue as well
             plugins.append(SLURMEnvironment(auto_requeue=False))

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 import warnings
 
-import lightning as L
 import pytest
 import torch
 
 from resvae.data import SyntheticDataModule
 from resvae.models import VAE
 from resvae.models.compiled import CompiledOrEager
+from tests.conftest import cpu_trainer
 
 
 def broken_compile(fn, mode=None, **kwargs):
@@ -45,15 +45,7 @@ def test_training_with_a_failing_compile_trains_eagerly(monkeypatch) -> None:
     monkeypatch.setattr(torch, "compile", broken_compile)
     model = VAE(depth=28, width=2, latent_dim=4, likelihood="gaussian", compile="default", scheduler="none")
     data = SyntheticDataModule(train_size=32, test_size=8, batch_size=8, val_size=8)
-    trainer = L.Trainer(
-        accelerator="cpu",
-        max_epochs=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-    )
+    trainer = cpu_trainer(max_epochs=1, enable_checkpointing=False, limit_val_batches=0)
     with pytest.warns(RuntimeWarning, match="torch.compile") as record:
         trainer.fit(model, datamodule=data)
     assert sum("torch.compile" in str(w.message) for w in record) == 1

@@ -29,6 +29,7 @@ from resvae.data import (
 )
 from resvae.data.archive import find_batches_folder, read_batch
 from resvae.data.modules import synthetic_images
+from tests.conftest import cpu_trainer
 
 TRAIN_NAMES = [f"data_batch_{i}" for i in range(1, 6)]
 
@@ -680,14 +681,9 @@ class _SaveAndStop(L.Callback):
 def _fit(root: Path, callbacks=(), ckpt_path=None) -> list[tuple[int, int, str]]:
     dm = SyntheticDataModule(train_size=40, test_size=4, image_size=8, val_size=8, batch_size=8, seed=4)
     model = _Recorder()
-    trainer = L.Trainer(
+    trainer = cpu_trainer(
         max_epochs=2,
-        accelerator="cpu",
-        devices=1,
-        logger=False,
         enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         limit_val_batches=0,
         num_sanity_val_steps=0,
         default_root_dir=str(root),

@@ -18,6 +18,7 @@ from resvae.models import AE, VAE, NonFiniteTrainingError
 from resvae.models.guards import DeviceMeans, guarded_update, supports_device_skip
 from resvae.models.likelihoods import to_signed_unit
 from resvae.models.vae import gaussian_kl
+from tests.conftest import cpu_trainer
 
 TINY = dict(depth=28, width=2, latent_dim=8, likelihood="gaussian", scheduler="none")
 
@@ -48,17 +49,7 @@ class Repeat:
 
 
 def make_trainer(max_epochs: int = 1, **kw) -> L.Trainer:
-    return L.Trainer(
-        accelerator="cpu",
-        devices=1,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        limit_val_batches=0,
-        max_epochs=max_epochs,
-        **kw,
-    )
+    return cpu_trainer(enable_checkpointing=False, limit_val_batches=0, max_epochs=max_epochs, **kw)
 
 
 def tiny(cls=VAE, **kw):
@@ -597,9 +588,7 @@ def test_ae_running_code_statistics_track_training_codes():
 def test_validate_and_test_report_consistent_metrics():
     model = tiny(VAE, iw_samples=3)
     x = smooth_images(8, seed=4)
-    trainer = L.Trainer(
-        accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False
-    )
+    trainer = cpu_trainer()
     val = trainer.validate(model, dataloaders=Repeat(x, 2), verbose=False)[0]
     for key in ("val/loss", "val/recon", "val/kl", "val/bpd", "val/psnr", "val/ssim"):
         assert math.isfinite(val[key]), key

@@ -21,7 +21,7 @@ from resvae.checkpointing import CheckpointError, check_compatible
 from resvae.config import MAX_LEAF, run_leaf
 from resvae.data import SyntheticDataModule
 from resvae.models import VAE
-from tests.conftest import TINY
+from tests.conftest import TINY, cpu_trainer
 
 
 def the_run(root: Path) -> Path:
@@ -102,12 +102,8 @@ def test_sigterm_during_validation_lets_the_validation_finish(tmp_path: Path) ->
     model = VAE(depth=28, width=2, latent_dim=4, likelihood="gaussian", scheduler="none")
     data = SyntheticDataModule(train_size=48, test_size=8, batch_size=16, val_size=32, val_batch_size=8)
     best = ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val/loss")
-    trainer = L.Trainer(
-        accelerator="cpu",
+    trainer = cpu_trainer(
         max_epochs=3,
-        logger=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
         num_sanity_val_steps=0,
         callbacks=[best, PreemptionCheckpoint(tmp_path), SigtermDuringValidation()],
     )

@@ -50,11 +50,6 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     return ckpt
 
 
-def read_checkpoint_info(path: str | Path) -> dict[str, Any]:
-    """The `resvae` entry of a checkpoint: model class, architecture, likelihood."""
-    return read_checkpoint(path)[CHECKPOINT_TAG]
-
-
 def ledger_rows(checkpoint: dict[str, Any]) -> list[dict[str, Any]]:
     """The epoch metrics recorded by the MetricsLedger callback in a checkpoint."""
     return list(checkpoint.get("callbacks", {}).get("MetricsLedger", {}).get("rows", []))

@@ -29,6 +29,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from resvae.callbacks import RunSummary, read_summary
 from resvae.callbacks.resume import MetricsLedger, PreemptionCheckpoint, RNGState
+from resvae.callbacks.summary import end_status
 from resvae.checkpointing import (
     CHECKPOINT_TAG,
     AtomicCheckpointIO,
@@ -143,8 +144,7 @@ def mark_failed(run_dir: Path, error: BaseException) -> None:
     if summary.get("status") == "finished":
         return  # a finished run in this folder stays as it was: this attempt never got to train
     cause = error.__cause__ or error  # Hydra wraps errors raised while instantiating configs
-    status = "interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "failed"
-    summary.update(status=status, error=f"{type(cause).__name__}: {cause}")
+    summary.update(status=end_status(error), error=f"{type(cause).__name__}: {cause}")
     atomic_write_json(run_dir / "summary.json", summary)
 
 
@@ -214,8 +214,6 @@ def train(cfg: DictConfig) -> float | None:
         )
         if todo == "train":
             trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
-            if trainer.interrupted:
-                raise KeyboardInterrupt("training was interrupted")
         else:
             log.info("%s: training finished earlier; running the test only", run_dir)
         if cfg.test:

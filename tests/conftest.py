@@ -27,6 +27,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def run_dirs(root: Path) -> dict[str, Path]:
+    """Run folders (those with a summary.json) below root, keyed by folder name."""
+    return {p.parent.name: p.parent for p in root.glob("**/summary.json")}
+
+
+def only_run_dir(root: Path) -> Path:
+    dirs = run_dirs(root)
+    assert len(dirs) == 1, dirs
+    return next(iter(dirs.values()))
+
+
 def cpu_trainer(**kwargs) -> L.Trainer:
     """A quiet CPU Trainer for in-process tests (no logger, bar or model summary)."""
     defaults = {

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from tests.conftest import TINY
+from tests.conftest import TINY, only_run_dir
 
 ARGS = [
     *TINY,
@@ -27,8 +27,7 @@ ARGS = [
 
 
 def run_dir(root: Path) -> Path:
-    (path,) = {p.parent for p in (root / "outputs").glob("**/checkpoints")}
-    return path
+    return only_run_dir(root / "outputs")
 
 
 def final_weights(root: Path) -> dict[str, torch.Tensor]:

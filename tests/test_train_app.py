@@ -11,7 +11,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from resvae.config import config_dir
-from tests.conftest import TINY
+from tests.conftest import TINY, only_run_dir, run_dirs
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 SUMMARY_KEYS = {
@@ -82,17 +82,6 @@ def test_unknown_config_key_is_a_clear_error() -> None:
         compose_train(["model.dpeth=40"])
     with pytest.raises(ConfigCompositionException, match="experiment"):
         compose_train(["experiment=no_such_experiment"])
-
-
-def run_dirs(root: Path) -> dict[str, Path]:
-    """Run folders (those with a summary.json) below root, keyed by folder name."""
-    return {p.parent.name: p.parent for p in root.glob("**/summary.json")}
-
-
-def only_run_dir(root: Path) -> Path:
-    dirs = run_dirs(root)
-    assert len(dirs) == 1, dirs
-    return next(iter(dirs.values()))
 
 
 def wandb_run_log(run_dir: Path) -> str:

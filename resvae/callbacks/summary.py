@@ -169,11 +169,10 @@ class RunSummary(L.Callback):
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException
     ) -> None:
-        interrupted = isinstance(exception, (KeyboardInterrupt, SystemExit))  # SIGTERM: a SystemExit
         self.write(
             trainer,
             pl_module,
-            status="interrupted" if interrupted else "failed",
+            status=end_status(exception),
             error=f"{type(exception).__name__}: {exception}",
             finished_at=_now(),
         )
@@ -189,6 +188,12 @@ METRICS = (
     ("test_nll_iw", "test/nll_iw"),
     ("test_bpd_iw", "test/bpd_iw"),
 )
+
+
+def end_status(error: BaseException) -> str:
+    """summary.json's status for a run ended by `error`: SIGTERM (a SystemExit) and Ctrl-C
+    interrupt a run that can be resumed; anything else fails it."""
+    return "interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "failed"
 
 
 def _now() -> str:

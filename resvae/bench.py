@@ -38,7 +38,7 @@ from omegaconf import DictConfig
 
 from resvae.config import auto_precision, config_dir
 from resvae.data.device_batches import DeviceBatches
-from resvae.models.base import LatentModel, channels_last
+from resvae.models.base import LatentModel
 
 LOOPS = ("bare", "compiled", "lightning")
 PEAK_TFLOPS = {"H100": 798.0, "H200": 790.0, "A100": 312.0}  # bf16 dense matmul, measured/spec
@@ -51,7 +51,7 @@ def compose_config(overrides: Sequence[str]) -> DictConfig:
 
 def build_model(cfg: DictConfig, device: torch.device) -> LatentModel:
     model = instantiate(cfg.model, _convert_="all").to(device)
-    if model.uses_channels_last():
+    if model.channels_last:
         model.net.to(memory_format=torch.channels_last)
     return model.train()
 
@@ -65,7 +65,7 @@ def autocast_for(device: torch.device, precision: str) -> Any:
 def train_step_fn(model: LatentModel, device: torch.device, precision: str, compile_mode: str | None):
     """One optimisation step on a fixed float batch: the loop that (a) and (b) time."""
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=device.type in ("cuda", "cpu"))
-    forward = model._train_forward
+    forward = model.objective.objective_and_metrics
     if compile_mode:
         forward = torch.compile(forward, mode=compile_mode)
 
@@ -105,7 +105,7 @@ def train_gflop_per_image(model: LatentModel, device: torch.device) -> float:
 
     x = torch.rand(2, model.arch.in_channels, model.arch.image_size, model.arch.image_size, device=device)
     with FlopCounterMode(display=False) as counter:
-        objective, _ = model._train_forward(x * 2 - 1)
+        objective, _ = model.objective.objective_and_metrics(x * 2 - 1)
         objective.backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / 2 / 1e9
@@ -145,7 +145,7 @@ def lightning_run(
         *overrides,
         "hydra.mode=RUN",
         "data=synthetic",
-        f"model.depth={depth}",
+        f"model.arch.depth={depth}",
         f"data.batch_size={batch}",
         f"data.train_size={batch * steps + batch * 2}",
         f"data.val_size={batch * 2}",
@@ -158,7 +158,7 @@ def lightning_run(
         f"output_root={workdir}",
         f"name=bench_d{depth}_b{batch}",
         "resume=never",
-        f"model.compile={compile_mode or 'none'}",
+        f"model.train_step.compile={compile_mode or 'none'}",
         f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
     ]
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
@@ -199,7 +199,7 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     precision = base_cfg.trainer.precision if args.precision == "config" else args.precision
     if precision in ("auto", None) or "auto_precision" in str(precision):
         precision = auto_precision()
-    depths = args.depth or [base_cfg.model.depth]
+    depths = args.depth or [base_cfg.model.arch.depth]
     batches = args.batch or [base_cfg.data.batch_size]
     peak = peak_tflops(device, args.peak_tflops)
     compile_mode = args.compile_mode if device.type == "cuda" or args.compile_on_cpu else None
@@ -207,11 +207,13 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     workdir = Path(tempfile.mkdtemp(prefix="resvae-bench-"))
     for depth in depths:
-        cfg = compose_config([*args.overrides, f"model.depth={depth}"])
+        cfg = compose_config([*args.overrides, f"model.arch.depth={depth}"])
         gflop = train_gflop_per_image(build_model(cfg, device), device)
         for batch in batches:
-            x = torch.rand(batch, 3, cfg.model.image_size, cfg.model.image_size, device=device) * 2 - 1
-            if channels_last(cfg.model.get("channels_last"), device):
+            size = cfg.model.arch.image_size
+            x = torch.rand(batch, 3, size, size, device=device) * 2 - 1
+            setting = cfg.model.train_step.channels_last
+            if device.type == "cuda" if setting is None else setting:
                 x = x.contiguous(memory_format=torch.channels_last)
             for loop in args.loops:
                 if device.type == "cuda":
@@ -298,7 +300,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         description=__doc__.splitlines()[0],
         epilog="Positional arguments are Hydra "
-        "overrides of the training config, e.g. experiment=depth_sweep model.width=64",
+        "overrides of the training config, e.g. experiment=depth_sweep model.arch.width=64",
     )
     p.add_argument("overrides", nargs="*")
     p.add_argument("--depth", type=int, nargs="+")

@@ -47,7 +47,9 @@ def wandb_offline() -> bool:
 MAX_LEAF = 120  # characters of a run folder's name before the rest is replaced by a hash
 
 
-def run_leaf(overrides: Sequence[str], excluded: Sequence[str] = ()) -> str:
+def run_leaf(
+    overrides: Sequence[str], excluded: Sequence[str] = (), also_excluded: Sequence[str] = ()
+) -> str:
     """A run folder's last part: the command line's overrides that change what is trained.
 
     ["model.depth=40", "logger=csv", "data.root=/x"] -> "model.depth=40" (with `excluded`
@@ -56,6 +58,8 @@ def run_leaf(overrides: Sequence[str], excluded: Sequence[str] = ()) -> str:
     never nests folders; names longer than MAX_LEAF end in a hash of the whole; "default"
     when nothing is left.
     """
+
+    excluded = [*excluded, *also_excluded]
 
     def key_of(item: str) -> str:
         return item.split("=", 1)[0].lstrip("+~")

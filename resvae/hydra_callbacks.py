@@ -1,46 +1,66 @@
-"""Hydra callback: a multirun ends with a table of its jobs and the list of those that failed.
+"""Hydra callback: a multirun ends with its report (report.md/.csv/.html, resvae/report.py), a
+table of its jobs, and a non-zero exit code when a job failed.
 
-Hydra's basic sweeper runs every job, then re-raises the first failure, which skips
-`on_multirun_end`; so the report is registered with atexit when the sweep starts and printed
-however the process ends (the exit code stays Hydra's: non-zero when a job failed).
+A job that fails with a user error (resvae/errors.py) returns and the sweep goes on; this
+callback's on_multirun_end then sees it in summary.json and exits 1. A job that fails with any
+other exception makes Hydra's basic sweeper re-raise it after the sweep, which skips
+on_multirun_end; so the report is also registered with atexit and written however the process
+ends (the exit code then stays Hydra's, non-zero).
 """
 
 from __future__ import annotations
 
 import atexit
+import sys
 from pathlib import Path
 from typing import Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
-from resvae.callbacks.summary import read_summary
+from resvae.report import FAILED, collect_runs, write_report
 
 
-def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
-    """One row per job folder of a sweep that has a summary.json, sorted by folder name."""
-    return [
-        {"job": path.parent.name, **(read_summary(path.parent) or {})}
-        for path in sorted(sweep_dir.glob("*/summary.json"))
-    ]
-
-
-def format_sweep_report(sweep_dir: Path) -> str:
-    rows = sweep_rows(sweep_dir)
-    lines = [f"sweep {sweep_dir}: {len(rows)} job(s)"]
-    for r in rows:
+def format_sweep_report(sweep_dir: Path) -> tuple[str, int]:
+    """(the table of jobs with the failed ones listed, the number of failed jobs)."""
+    runs = collect_runs(sweep_dir)
+    lines = [f"sweep {sweep_dir}: {len(runs)} job(s)"]
+    for r in runs:
+        s = r.summary
         lines.append(
-            f"  {r['job']:<40} {r.get('status', '?'):<9} depth={r.get('depth')} "
-            f"epochs={r.get('epochs')} best_val_loss={r.get('best_val_loss')}"
+            f"  {r.name:<40} {r.status:<11} depth={s.get('depth')} epochs={s.get('epochs')} "
+            f"best_val_loss={s.get('best_val_loss')}"
         )
-    failed = [r for r in rows if r.get("status") == "failed"]
+    failed = [r for r in runs if r.status in FAILED]
     if failed:
         lines.append(f"{len(failed)} job(s) FAILED:")
-        lines += [f"  {sweep_dir / r['job']}: {r.get('error')}" for r in failed]
-    return "\n".join(lines)
+        lines += [f"  {r.folder}: {r.error}" for r in failed]
+    return "\n".join(lines), len(failed)
+
+
+def finish_sweep(sweep_dir: Path) -> int:
+    """Write the report and print the table; returns the number of failed jobs."""
+    text, failed = format_sweep_report(sweep_dir)
+    try:
+        page = write_report(sweep_dir)
+        text += f"\nreport: {page}"
+    except Exception as err:  # the table still matters when a plot cannot be drawn
+        text += f"\nreport not written ({type(err).__name__}: {err})"
+    print(text, flush=True)
+    return failed
 
 
 class SweepReport(Callback):
+    def __init__(self) -> None:
+        self._pending: Any = None
+
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        atexit.register(lambda: print(format_sweep_report(sweep_dir), flush=True))
+        self._pending = lambda: finish_sweep(sweep_dir)
+        atexit.register(self._pending)
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self._pending is not None:
+            atexit.unregister(self._pending)
+        if finish_sweep(Path(config.hydra.sweep.dir)):
+            sys.exit(1)

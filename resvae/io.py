@@ -33,3 +33,14 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
 def atomic_write_json(path: str | Path, data: Any) -> Path:
     text = json.dumps(data, indent=2, sort_keys=True, default=str) + "\n"
     return atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def remove_partial_writes(folder: str | Path, skip: tuple[str, ...] = ("wandb", ".hydra")) -> list[str]:
+    """Delete the temporary files of atomic writes that a killed process left below `folder`
+    (several GB each for a large checkpoint); only call it while holding the folder's lock."""
+    removed = []
+    for path in Path(folder).rglob(".*.tmp"):
+        if path.is_file() and not any(part in skip for part in path.relative_to(folder).parts):
+            path.unlink(missing_ok=True)
+            removed.append(str(path.relative_to(folder)))
+    return removed

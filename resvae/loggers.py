@@ -1,116 +1,124 @@
-"""A CSV logger that a resumed run can continue: metrics.csv is kept, rows are written at once.
+"""metrics.csv that stays true across kills and resumes, and the W&B run's lifetime.
 
-Lightning's CSVLogger deletes an existing metrics.csv when it starts and buffers rows in memory,
-so a preempted run would lose its history, or the rows of its last epochs. This one keeps the
-file (trimmed by the training entry point to what the resumed checkpoint has seen, see
-`restore_metrics_csv`) and appends every logged row immediately.
+Why not Lightning's CSVLogger: it deletes an existing metrics.csv when it starts and rewrites
+the file in place when a new column appears, so a kill or a resume loses or repeats history.
+`MetricsCSVLogger` keeps every logged row in memory, rewrites the file atomically (temporary
+file, then rename) whenever rows were added, and is also a callback whose state, the rows,
+goes into each checkpoint. A run resumed from a checkpoint starts from exactly the rows logged
+before that checkpoint and logs the rest again: each (step, metric) appears once, and nothing
+logged before the checkpoint is lost, whenever the kill came.
 """
 
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Mapping
+import io
+import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from lightning.fabric.loggers.logger import rank_zero_experiment
-from lightning.pytorch.loggers import CSVLogger
-from lightning.pytorch.loggers.csv_logs import ExperimentWriter
+import lightning as L
+from lightning.pytorch.loggers import Logger
+from lightning.pytorch.utilities import rank_zero_only
 
 from resvae.io import atomic_write
 
+FIRST_COLUMNS = ("epoch", "step")
 
-class _AppendingWriter(ExperimentWriter):
-    def _check_log_dir_exists(self) -> None:
-        path = Path(self.metrics_file_path)
-        if path.is_file():
-            with open(path, newline="") as f:
-                header = csv.DictReader(f).fieldnames or []
-            self.metrics_keys = sorted(header)
-            if header != self.metrics_keys:  # appends assume the sorted header Lightning writes
-                self._rewrite_with_new_header(self.metrics_keys)
 
-    def log_metrics(self, metrics_dict: dict[str, float], step: int | None = None) -> None:
-        super().log_metrics(metrics_dict, step)
+class MetricsCSVLogger(Logger, L.Callback):
+    def __init__(self, save_dir: str, filename: str = "metrics.csv") -> None:
+        super().__init__()
+        self._save_dir = save_dir
+        self.path = Path(save_dir) / filename
+        self.rows: list[dict[str, Any]] = []
+        self._dirty = False
+        self._stage: str | None = None
+
+    # ----------------------------------------------------------------- Logger
+    @property
+    def name(self) -> str:
+        return ""
+
+    @property
+    def version(self) -> str:
+        return ""
+
+    @property
+    def save_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def root_dir(self) -> str:
+        return self._save_dir
+
+    @property
+    def log_dir(self) -> str:
+        return self._save_dir
+
+    @rank_zero_only
+    def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
+        """Hyperparameters are in .hydra/ and summary.json, not in a metrics table."""
+
+    @rank_zero_only
+    def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
+        row = {k: v if isinstance(v, int) else float(v) for k, v in metrics.items()}
+        if step is not None:
+            row["step"] = int(step)
+        self.rows.append(row)
+        self._dirty = True
+
+    @rank_zero_only
+    def save(self) -> None:  # Lightning calls this after each log_metrics
+        if self._dirty:
+            write_rows(self.path, self.rows)
+            self._dirty = False
+
+    @rank_zero_only
+    def finalize(self, status: str) -> None:
         self.save()
 
+    def restore(self, rows: list[dict[str, Any]]) -> None:
+        """Start from `rows` (those a checkpoint holds) and write them out at once."""
+        self.rows = [dict(r) for r in rows]
+        self._dirty = True
+        self.save()
 
-class ResumableCSVLogger(CSVLogger):
-    @property
-    @rank_zero_experiment
-    def experiment(self) -> ExperimentWriter:
-        if self._experiment is None:
-            self._fs.makedirs(self.root_dir, exist_ok=True)
-            self._experiment = _AppendingWriter(log_dir=self.log_dir)
-        return self._experiment
+    def restore_from(self, checkpoint: Mapping[str, Any]) -> None:
+        """Start from the rows a checkpoint holds (e.g. a test-only attempt, from last.ckpt)."""
+        self.restore(list(checkpoint.get("callbacks", {}).get(self.state_key, {}).get("rows", [])))
 
+    # ----------------------------------------------------------------- Callback: rows in checkpoints
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._stage = stage
 
-def write_metrics_csv(path: str | Path, rows: Iterable[Mapping[str, Any]]) -> None:
-    """Replace metrics.csv with `rows` (one dict per row), atomically, header sorted."""
-    rows = list(rows)
-    keys = sorted({k for row in rows for k in row})
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": [dict(r) for r in self.rows]}
 
-    def write(f: Any) -> None:
-        import io
-
-        text = io.StringIO(newline="")
-        writer = csv.DictWriter(text, fieldnames=keys)
-        writer.writeheader()
-        writer.writerows(rows)
-        f.write(text.getvalue().encode())
-
-    atomic_write(path, write)
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        # only when training resumes: testing a best.ckpt must not roll the history back to it
+        if self._stage == "fit":
+            self.restore(list(state_dict.get("rows", [])))
 
 
-def _int(value: Any) -> int | None:
-    try:
-        return int(float(value))
-    except (TypeError, ValueError):
-        return None
-
-
-def restore_metrics_csv(
-    path: str | Path,
-    epoch: int,
-    step: int,
-    ledger: Iterable[Mapping[str, Any]],
-    epoch_end_pending: bool = False,
-) -> None:
-    """Bring metrics.csv back to the moment of the checkpoint a run resumes from.
-
-    Rows logged after it (a later epoch, or a later step) go: the resumed run logs them again.
-    So do the train/* rows of the checkpoint's own epoch when the checkpoint was written before
-    that epoch's end hooks ran (`epoch_end_pending`, e.g. saved after a validation that does not
-    run every epoch): Lightning runs them again on resume. Epoch metrics the checkpoint's ledger
-    holds but the file lacks (a kill between the checkpoint and the file write) are added back,
-    so each epoch's metrics appear exactly once.
-    """
-    path = Path(path)
-    rows: list[dict[str, Any]] = []
-    if path.is_file():
-        with open(path, newline="") as f:
-            rows = list(csv.DictReader(f))
-    kept = []
+def write_rows(path: Path, rows: list[Mapping[str, Any]]) -> None:
+    """rows -> a wide CSV (epoch, step, then the metrics sorted), replaced atomically."""
+    keys = {k for row in rows for k in row}
+    header = [k for k in FIRST_COLUMNS if k in keys] + sorted(keys - set(FIRST_COLUMNS))
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=header)
+    writer.writeheader()
     for row in rows:
-        row_epoch, row_step = _int(row.get("epoch")), _int(row.get("step"))
-        if row_epoch is not None and row_epoch > epoch or row_step is not None and row_step > step:
-            continue
-        values = {k: v for k, v in row.items() if v not in ("", None)}
-        if epoch_end_pending and row_epoch == epoch and any(k.startswith("train/") for k in values):
-            continue
-        kept.append(values)
-    have = {(_int(r.get("epoch")), k) for r in kept for k in r}
-    for entry in ledger:
-        rerun = epoch_end_pending and entry["epoch"] == epoch  # its train/* will be logged again
-        missing = {
-            k: v
-            for k, v in entry.items()
-            if k not in ("epoch", "step")
-            and (entry["epoch"], k) not in have
-            and not (rerun and k.startswith("train/"))
-        }
-        if missing and entry["epoch"] <= epoch:
-            kept.append({"epoch": entry["epoch"], "step": entry["step"], **missing})
-    kept.sort(key=lambda r: _int(r.get("step")) or 0)
-    if kept or path.is_file():
-        write_metrics_csv(path, kept)
+        writer.writerow(row)
+    atomic_write(path, lambda f: f.write(text.getvalue().encode()))
+
+
+def finish_wandb(exit_code: int) -> None:
+    """Close the W&B run (if any) with the job's exit code, so failures show as failed."""
+    if "wandb" not in sys.modules:
+        return
+    import wandb
+
+    if wandb.run is not None:
+        wandb.finish(exit_code=exit_code)

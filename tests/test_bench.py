@@ -16,7 +16,7 @@ def test_bench_times_the_bare_loop_and_the_real_training_app(tmp_path: Path, cap
     main(
         [
             "experiment=smoke",
-            "model.width=2",
+            "model.arch.width=2",
             "--device",
             "cpu",
             "--depth",
@@ -56,7 +56,9 @@ def test_bench_flops_grow_with_depth_and_table_formats() -> None:
 
     cpu = torch.device("cpu")
     flops = [
-        train_gflop_per_image(build_model(compose_config(["model.width=2", f"model.depth={d}"]), cpu), cpu)
+        train_gflop_per_image(
+            build_model(compose_config(["model.arch.width=2", f"model.arch.depth={d}"]), cpu), cpu
+        )
         for d in (28, 40)
     ]
     assert 0 < flops[0] < flops[1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from functools import partial
 
 import pytest
 import torch
@@ -10,7 +11,20 @@ import torch
 from resvae.data import SyntheticDataModule
 from resvae.models import VAE
 from resvae.models.compiled import CompiledOrEager
+from resvae.nn import ArchConfig
 from tests.conftest import cpu_trainer
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny_vae(**overrides) -> VAE:
+    kwargs = dict(
+        arch=ArchConfig(depth=28, width=2, latent_dim=4),
+        likelihood="gaussian",
+        optimizer=partial(torch.optim.Adam, lr=1e-3),
+        scheduler=None,
+    )
+    return VAE(**{**kwargs, **overrides})
 
 
 def broken_compile(fn, mode=None, **kwargs):
@@ -37,16 +51,17 @@ def test_no_compile_calls_the_function_directly() -> None:
     assert fn(1) == 2 and not fn.active and not fn.fell_back
     with pytest.raises(ValueError, match="unknown compile mode"):
         CompiledOrEager(lambda x: x, "fastest")
-    with pytest.raises(ValueError, match="model.compile"):
-        VAE(depth=28, width=2, latent_dim=4, compile="fastest")
+    with pytest.raises(ValueError, match="model.train_step.compile") as err:
+        tiny_vae(train_step={"compile": "fastest"})
+    assert "'fastest'" in str(err.value) and "reduce-overhead" in str(err.value)
 
 
 def test_training_with_a_failing_compile_trains_eagerly(monkeypatch) -> None:
     monkeypatch.setattr(torch, "compile", broken_compile)
-    model = VAE(depth=28, width=2, latent_dim=4, likelihood="gaussian", compile="default", scheduler="none")
+    model = tiny_vae(train_step={"compile": "default"})
     data = SyntheticDataModule(train_size=32, test_size=8, batch_size=8, val_size=8)
     trainer = cpu_trainer(max_epochs=1, enable_checkpointing=False, limit_val_batches=0)
     with pytest.warns(RuntimeWarning, match="torch.compile") as record:
         trainer.fit(model, datamodule=data)
     assert sum("torch.compile" in str(w.message) for w in record) == 1
-    assert trainer.global_step == 3 and model.train_forward.fell_back
+    assert trainer.global_step == 3 and model.forward_fn.fell_back

@@ -447,6 +447,40 @@ def test_synthetic_invalid_sizes():
         SyntheticDataModule(train_size=1)
     with pytest.raises(ValueError, match="image_size"):
         SyntheticDataModule(image_size=4)
+    with pytest.raises(ValueError, match="data.test_size"):
+        SyntheticDataModule(test_size=0)
+
+
+@pytest.mark.parametrize("val_source", ["train", "test"])
+def test_cifar_train_and_test_size_cap_each_split(archive, val_source):
+    """data.train_size / data.test_size keep the first N images of each split of the archive,
+    before the validation split is drawn from the (capped) training images."""
+    root, train, test = archive  # 40 training and 8 test images
+    dm = cifar_dm(root, train_size=20, test_size=5, val_size=4, seed=2, val_source=val_source)
+    assert torch.equal(dm.splits["test"], torch.from_numpy(test[:5]))
+    if val_source == "test":
+        assert torch.equal(dm.splits["train"], torch.from_numpy(train[:20]))
+        assert torch.equal(dm.splits["val"], torch.from_numpy(test[:5]))
+    else:
+        assert len(dm.splits["train"]) == 16 and len(dm.splits["val"]) == 4
+        train_h, val_h = row_hashes(dm.splits["train"]), row_hashes(dm.splits["val"])
+        assert not set(train_h) & set(val_h)
+        assert sorted(train_h + val_h) == sorted(row_hashes(train[:20]))  # only the first 20
+    # a fraction of the validation split is a fraction of the capped training images
+    assert len(cifar_dm(root, train_size=20, val_size=0.25).splits["val"]) == 5
+    # a cap above the split's size, or none, keeps every image
+    for cap in (None, 1000):
+        dm = cifar_dm(root, train_size=cap, test_size=cap, val_source="test")
+        assert torch.equal(dm.splits["train"], torch.from_numpy(train))
+        assert torch.equal(dm.splits["test"], torch.from_numpy(test))
+
+
+@pytest.mark.parametrize("name", ["train_size", "test_size"])
+@pytest.mark.parametrize("size", [0, -5])
+def test_cifar_size_caps_below_one_are_rejected(tmp_path, name, size):
+    with pytest.raises(ValueError, match=f"data.{name} must be >= 1") as info:
+        CIFAR10DataModule(root=str(tmp_path), download=False, **{name: size})
+    assert f"got {size}" in str(info.value)
 
 
 # --------------------------------------------------------------------------- 5. DeviceBatches

@@ -1,7 +1,7 @@
 """Pixel likelihoods checked against brute-force references written independently of the library.
 
 Every reference below recomputes bin probabilities from textbook CDFs in float64 (logistic:
-sigmoid; Gaussian: erfc) with the 8-bit binning of DESIGN.md: level u sits at u / 127.5 - 1, its
+sigmoid; Gaussian: erfc) with the 8-bit binning of docs/design.md: level u sits at u / 127.5 - 1, its
 bin is [x - 1/255, x + 1/255], and the first and last bins extend to -inf and +inf.
 """
 

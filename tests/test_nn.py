@@ -1,6 +1,6 @@
 """Tests of resvae.nn: the depth plan, residual blocks, the Residual wrapper and the networks.
 
-Everything runs on CPU with tiny widths and images; the contracts are those of DESIGN.md
+Everything runs on CPU with tiny widths and images; the contracts are those of docs/design.md
 ("Depth") and the docstrings of resvae/nn.
 """
 
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import re
+from dataclasses import asdict
 from fractions import Fraction
 
 import pytest
@@ -44,13 +45,7 @@ NORMS = ("batch", "group", "none")
 ACTS = ("relu", "silu", "gelu")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """The tensors here are tiny: intra-op threads only add contention on a busy CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny tensors: one thread is fastest
 
 
 @pytest.fixture(autouse=True)
@@ -659,15 +654,35 @@ def test_conv_layer_count_is_depth_and_matches_the_network(depth):
     assert conv_layer_count(blocks, "basic") == 4 * sum(blocks) + 4
 
 
-def test_from_kwargs_builds_and_converts_blocks():
-    cfg = ArchConfig.from_kwargs(depth=None, blocks=[1, 2, 2, 1], width=2, latent_dim=8)
+def test_arch_config_from_keywords_converts_blocks():
+    """Hydra instantiates ArchConfig(**model.arch): a list of blocks becomes the plan's tuple."""
+    cfg = ArchConfig(depth=None, blocks=[1, 2, 2, 1], width=2, latent_dim=8)
     assert cfg.blocks == (1, 2, 2, 1) and cfg.depth == 40
-    assert ArchConfig.from_kwargs(depth=70).blocks == REFERENCE[70]
+    assert ArchConfig(depth=70).blocks == REFERENCE[70]
 
 
-def test_from_kwargs_unknown_key_raises_type_error_naming_it():
+def test_arch_config_unknown_key_raises_type_error_naming_it():
     with pytest.raises(TypeError, match="latnet_dim"):
-        ArchConfig.from_kwargs(depth=28, latnet_dim=8)
+        ArchConfig(depth=28, latnet_dim=8)
+
+
+def test_arch_config_network_layers_and_build():
+    cfg = _tiny(40)
+    assert ArchConfig.network == cfg.network == "resnet"
+    assert "network" not in asdict(cfg)  # a class attribute, not a config field
+    assert cfg.layers == conv_layer_count(cfg.blocks, cfg.block) == 40
+    assert _tiny(40, block="basic").layers == conv_layer_count((1, 2, 2, 1), "basic") == 28
+    torch.manual_seed(0)
+    built = cfg.build(out_channels=5, code_multiplier=2)
+    torch.manual_seed(0)
+    direct = LatentAutoencoder(cfg, out_channels=5, code_multiplier=2)
+    assert isinstance(built, LatentAutoencoder) and built.cfg is cfg
+    assert built.state_dict().keys() == direct.state_dict().keys()
+    assert all(torch.equal(a, b) for a, b in zip(built.state_dict().values(), direct.state_dict().values()))
+    assert _main_path_weighted_layers(built) == cfg.layers
+    with torch.no_grad():
+        assert built.encode(torch.randn(2, 3, 32, 32)).shape == (2, 16)
+        assert built.decode(torch.randn(2, 8)).shape == (2, 5, 32, 32)
 
 
 @pytest.mark.parametrize(
@@ -683,7 +698,7 @@ def test_from_kwargs_unknown_key_raises_type_error_naming_it():
 )
 def test_arch_config_rejects_bad_names_listing_choices(field, bad, choices):
     with pytest.raises(ValueError) as info:
-        ArchConfig.from_kwargs(**{field: bad})
+        ArchConfig(**{field: bad})
     msg = str(info.value)
     assert bad in msg
     for choice in choices:
@@ -692,22 +707,112 @@ def test_arch_config_rejects_bad_names_listing_choices(field, bad, choices):
 
 @pytest.mark.parametrize("image_size", [30, 12, 4, 0, -8])
 def test_image_size_must_be_positive_multiple_of_8(image_size):
-    with pytest.raises(ValueError, match="8"):
+    with pytest.raises(ValueError, match="8") as info:
         ArchConfig(image_size=image_size)
+    msg = str(info.value)
+    assert "model.arch.image_size must be a positive multiple of 8" in msg
+    assert f"got {image_size}" in msg
 
 
+@pytest.mark.parametrize("value", [0, -3])
 @pytest.mark.parametrize("field", ["width", "latent_dim", "in_channels"])
-def test_non_positive_sizes_rejected(field):
-    with pytest.raises(ValueError, match=field):
-        ArchConfig(**{field: 0})
+def test_non_positive_sizes_rejected(field, value):
+    with pytest.raises(ValueError, match=field) as info:
+        ArchConfig(**{field: value})
+    assert f"model.arch.{field} must be a positive integer, got {value}" in str(info.value)
 
 
 def test_arch_config_depth_errors():
-    with pytest.raises(DepthError):
+    with pytest.raises(DepthError, match="model.arch.blocks"):  # the way out of an invalid depth
         ArchConfig(depth=50)
-    with pytest.raises(DepthError):
+    with pytest.raises(DepthError) as info:
         ArchConfig(depth=28, blocks=(1, 2, 2, 1))
+    assert "model.arch.blocks=[1, 2, 2, 1]" in str(info.value)
+    assert "model.arch.depth=28" in str(info.value)
+    assert "model.arch.depth=40" in str(info.value)  # the fix it suggests
+    with pytest.raises(DepthError, match=re.escape("model.arch.blocks must list 4")):
+        ArchConfig(depth=None, blocks=(1, 1, 1))
+    with pytest.raises(DepthError, match="model.arch.depth or model.arch.blocks"):
+        ArchConfig(depth=None, blocks=None)
     assert ArchConfig(depth=None, blocks=(2, 2, 2, 2)).depth == 52
+
+
+# --------------------------------------------------------------------------------------------------
+# 6b. named stages
+
+
+def test_encoder_and_decoder_stage_names():
+    """timm-style names: encoder stem, layer1..layer4, final; decoder layer4..layer1 (the order
+    they run), final and the 3x3 output head."""
+    cfg = _tiny(40)
+    enc, dec = ResNetEncoder(cfg), ResNetDecoder(cfg, out_channels=3)
+    assert [name for name, _ in enc.named_children()] == [
+        "stem",
+        "layer1",
+        "layer2",
+        "layer3",
+        "layer4",
+        "final",
+    ]
+    assert [name for name, _ in dec.named_children()] == [
+        "layer4",
+        "layer3",
+        "layer2",
+        "layer1",
+        "final",
+        "head",
+    ]
+    assert enc.stages == [enc.layer1, enc.layer2, enc.layer3, enc.layer4]
+    assert dec.stages == [dec.layer4, dec.layer3, dec.layer2, dec.layer1]
+    for stages in (enc.stages, dec.stages):
+        assert all(isinstance(s, nn.Sequential) for s in stages)
+        assert all(isinstance(b, ResidualBlock) for s in stages for b in s)
+    # each stage holds its plan's blocks, mirrored: layerN of both networks has blocks[N - 1]
+    assert [len(s) for s in enc.stages] == list(cfg.blocks)
+    assert [len(getattr(dec, f"layer{i + 1}")) for i in range(4)] == list(cfg.blocks)
+    assert isinstance(dec.head, nn.Conv2d) and dec.head.kernel_size == (3, 3) and dec.head.out_channels == 3
+    assert dec.head.in_channels == cfg.stage_channels()[0]
+    # pre-activation networks still owe their output a norm and an activation; post-activation don't
+    assert isinstance(enc.final, nn.Sequential) and isinstance(enc.final[0], nn.BatchNorm2d)
+    assert isinstance(ResNetEncoder(_tiny(28, preact=False)).final, nn.Identity)
+    assert isinstance(ResNetDecoder(_tiny(28, preact=False), 3).final, nn.Identity)
+
+
+@pytest.mark.parametrize("block", BLOCKS)
+def test_stage_features_shapes(block):
+    cfg = _tiny(40, block=block)
+    enc = ResNetEncoder(cfg).eval()
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        feats = enc.stage_features(x)
+        out = enc(x)
+    ch = cfg.stage_channels()
+    assert [tuple(f.shape) for f in feats] == [(2, ch[i], r, r) for i, r in enumerate([32, 16, 8, 4])]
+    # forward is the last stage's features through `final`
+    with torch.no_grad():
+        torch.testing.assert_close(out, enc.final(feats[-1]))
+        # and the stages compose: running them by hand gives the same features
+        h = enc.stem(x)
+        for stage, f in zip(enc.stages, feats):
+            h = stage(h)
+            torch.testing.assert_close(h, f)
+
+
+def test_decoder_runs_its_stages_in_order():
+    cfg = _tiny(28)
+    dec = ResNetDecoder(cfg, out_channels=4).eval()
+    h = torch.randn(2, cfg.stage_channels()[-1], 4, 4)
+    with torch.no_grad():
+        out = dec(h)
+        by_hand = h
+        shapes = []
+        for stage in dec.stages:
+            by_hand = stage(by_hand)
+            shapes.append(tuple(by_hand.shape[1:]))
+        torch.testing.assert_close(out, dec.head(dec.final(by_hand)))
+    ch = cfg.stage_channels()
+    assert shapes == [(ch[2], 8, 8), (ch[1], 16, 16), (ch[0], 32, 32), (ch[0], 32, 32)]
+    assert out.shape == (2, 4, 32, 32)
 
 
 # --------------------------------------------------------------------------------------------------

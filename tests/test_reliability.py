@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import traceback
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,8 @@ from resvae.config import config_dir
 from resvae.data import SyntheticDataModule
 from resvae.io import atomic_write_json
 from resvae.models import VAE, NonFiniteTrainingError
+from resvae.nn import ArchConfig
+from resvae.run import Run
 from tests.conftest import TINY, cpu_trainer
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -56,33 +59,37 @@ def test_interrupted_summary_write_leaves_the_old_file(tmp_path: Path, monkeypat
 # ----------------------------------------------------------------------------- non-finite updates
 
 
-class DivergesAfterFirstEpoch(VAE):
-    """A VAE whose loss becomes NaN from epoch 1 on, as a diverging run's does."""
+def diverges_after_first_epoch(model: VAE) -> VAE:
+    """Make the model's loss NaN from epoch 1 on, as a diverging run's becomes."""
+    forward = model.objective.forward
 
-    def _terms(self, x):
-        terms = super()._terms(x)
-        if self.training and self.current_epoch >= 1:
+    def nan_from_epoch_1(x):
+        terms = forward(x)
+        if model.training and model.current_epoch >= 1:
             terms.objective = terms.objective * float("nan")
         return terms
 
+    model.objective.forward = nan_from_epoch_1
+    return model
+
 
 def test_non_finite_run_stops_keeps_last_good_checkpoint_and_fails_summary(tmp_path: Path) -> None:
-    model = DivergesAfterFirstEpoch(
-        depth=28,
-        width=2,
-        latent_dim=8,
-        likelihood="gaussian",
-        max_consecutive_skips=3,
-        skip_check_every=1,
-        scheduler="none",
+    model = diverges_after_first_epoch(
+        VAE(
+            arch=ArchConfig(depth=28, width=2, latent_dim=8),
+            likelihood="gaussian",
+            optimizer=partial(torch.optim.Adam, lr=1e-3),
+            train_step={"max_consecutive_skips": 3, "skip_check_every": 1},
+        )
     )
     data = SyntheticDataModule(train_size=64, test_size=16, batch_size=16, val_size=16)
     ckpt = ModelCheckpoint(
         dirpath=tmp_path / "checkpoints", filename="best", monitor="val/loss", save_last=True
     )
+    run = Run(tmp_path, {}, checkpoint_dir=tmp_path / "checkpoints")
     trainer = cpu_trainer(
         max_epochs=5,
-        callbacks=[ckpt, RunSummary(dirpath=str(tmp_path))],
+        callbacks=[ckpt, RunSummary(run)],
         plugins=[AtomicCheckpointIO()],
         default_root_dir=tmp_path,
     )
@@ -92,7 +99,7 @@ def test_non_finite_run_stops_keeps_last_good_checkpoint_and_fails_summary(tmp_p
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed" and "NonFiniteTrainingError" in summary["error"]
     assert summary["skipped_steps"] >= 3
-    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert last["epoch"] == 0  # the checkpoint of the last good epoch, not overwritten
     state = last["state_dict"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
@@ -108,7 +115,9 @@ def test_non_finite_run_stops_keeps_last_good_checkpoint_and_fails_summary(tmp_p
 def _fails(run_train, *args: str) -> str:
     proc = run_train(*args, check=False, timeout=120)
     assert proc.returncode != 0, proc.stdout
-    assert "Traceback (most recent call last)" not in proc.stderr or "resvae" in proc.stderr
+    # one clear line, no traceback (that goes to the run's log)
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.count("resvae-train: error:") <= 1, proc.stderr
     return proc.stdout + proc.stderr
 
 
@@ -116,7 +125,15 @@ def _fails(run_train, *args: str) -> str:
 def test_bad_input_gives_clear_errors_and_writes_nothing_over(run_train, tmp_path: Path) -> None:
     run_train(*TINY, "trainer.max_epochs=1", "logger=none", "test=false")
     (run_dir,) = {p.parent.parent for p in tmp_path.glob("outputs/**/checkpoints/last.ckpt")}
-    before = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and ".hydra" not in str(p)}
+
+    def contents() -> dict[Path, bytes]:  # all but .hydra/ (Hydra's) and train.log (appended to)
+        return {
+            p: p.read_bytes()
+            for p in run_dir.rglob("*")
+            if p.is_file() and ".hydra" not in str(p) and p.name != "train.log"
+        }
+
+    before = contents()
 
     out = _fails(run_train, *TINY, "trainer.max_epochs=1", "logger=none", "test=false", "resume=never")
     assert "already holds checkpoints" in out and "resume=auto" in out
@@ -127,24 +144,29 @@ def test_bad_input_gives_clear_errors_and_writes_nothing_over(run_train, tmp_pat
     out = _fails(run_train, *TINY, "logger=none", f"resume='{foreign}'")
     assert "not a resvae checkpoint" in out
     out = _fails(
-        run_train, *TINY, "logger=none", "model.depth=34", f"resume='{run_dir}/checkpoints/last.ckpt'"
+        run_train, *TINY, "logger=none", "model.arch.depth=34", f"resume='{run_dir}/checkpoints/last.ckpt'"
     )
     assert "another architecture" in out and "blocks" in out
 
-    after = {p: p.read_bytes() for p in run_dir.rglob("*") if p.is_file() and ".hydra" not in str(p)}
-    assert after == before  # nothing of the existing run was touched
+    assert contents() == before  # nothing of the existing run was touched
+    assert "Traceback" in (run_dir / "train.log").read_text()  # the errors' tracebacks are logged
 
     empty = tmp_path / "empty"
     empty.mkdir()
     out = _fails(
-        run_train, "data=cifar10", f"data.root={empty}", "data.download=false", "logger=none", "model.width=2"
+        run_train,
+        "data=cifar10",
+        f"data.root={empty}",
+        "data.download=false",
+        "logger=none",
+        "model.arch.width=2",
     )
     assert "cifar-10-batches-py" in out and "data.root" in out
-    out = _fails(run_train, *TINY, "logger=none", "model.lr=-1")
-    assert "model.lr must be > 0" in out
+    out = _fails(run_train, *TINY, "logger=none", "model.optimizer.lr=-1")
+    assert "Invalid learning rate: -1" in out and "model" in out
     out = _fails(run_train, *TINY, "logger=none", "data.batch_size=0")
     assert "data.batch_size must be >= 1" in out
-    out = _fails(run_train, *TINY, "logger=none", "model.dpeth=40")
+    out = _fails(run_train, *TINY, "logger=none", "model.arch.dpeth=40")
     assert "dpeth" in out
 
 
@@ -180,28 +202,32 @@ words = st.sampled_from(
     ]
 )
 override = st.one_of(
-    st.builds("model.depth={}".format, st.integers(-10, 120)),
-    st.builds("model.width={}".format, st.integers(-2, 4)),
-    st.builds("model.latent_dim={}".format, st.integers(-1, 16)),
+    st.builds("model.arch.depth={}".format, st.integers(-10, 120)),
+    st.builds("model.arch.width={}".format, st.integers(-2, 4)),
+    st.builds("model.arch.latent_dim={}".format, st.integers(-1, 16)),
     st.builds(
-        "model.blocks=[{}]".format,
+        "model.arch.blocks=[{}]".format,
         st.lists(st.integers(-1, 3), max_size=5).map(lambda b: ",".join(map(str, b))),
     ),
-    st.builds("model.block={}".format, words),
-    st.builds("model.shortcut={}".format, words),
-    st.builds("model.norm={}".format, words),
-    st.builds("model.act={}".format, words),
-    st.builds("model.latent={}".format, words),
-    st.builds("model.upsample={}".format, words),
+    st.builds("model.arch.block={}".format, words),
+    st.builds("model.arch.shortcut={}".format, words),
+    st.builds("model.arch.norm={}".format, words),
+    st.builds("model.arch.act={}".format, words),
+    st.builds("model.arch.latent={}".format, words),
+    st.builds("model.arch.upsample={}".format, words),
     st.builds("model.likelihood={}".format, words),
-    st.builds("model.optimizer={}".format, words),
-    st.builds("model.lr={}".format, st.floats(-1, 1, allow_nan=False)),
+    st.builds("optimizer={}".format, words),
+    st.builds("scheduler={}".format, words),
+    st.builds("model.optimizer.lr={}".format, st.floats(-1, 1, allow_nan=False)),
     st.builds("model.n_mix={}".format, st.integers(-1, 3)),
-    st.builds("model.preact={}".format, st.sampled_from(["true", "false", "maybe"])),
+    st.builds("model.arch.preact={}".format, st.sampled_from(["true", "false", "maybe"])),
     st.builds("data.batch_size={}".format, st.integers(-1, 8)),
     st.builds("data.val_size={}".format, st.sampled_from(["0", "0.5", "16", "1000", "-3"])),
     st.builds("model={}".format, st.sampled_from(["vae", "ae", "gan"])),
-    st.builds("{}=1".format, st.sampled_from(["model.dpeth", "data.btach_size", "trainer.max_epoch"])),
+    st.builds(
+        "{}=1".format,
+        st.sampled_from(["model.arch.dpeth", "data.btach_size", "trainer.max_epoch", "model.depth"]),
+    ),
 )
 
 
@@ -223,7 +249,7 @@ def _raised_in_resvae_or_config(err: BaseException) -> bool:
 def test_any_override_starts_or_fails_with_a_clear_message(overrides: list[str]) -> None:
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         try:
-            cfg = compose("train", overrides=["experiment=smoke", "model.width=2", *overrides])
+            cfg = compose("train", overrides=["experiment=smoke", "model.arch.width=2", *overrides])
         except (ConfigCompositionException, HydraException, ValueError) as err:
             assert str(err)
             return
@@ -238,5 +264,5 @@ def test_any_override_starts_or_fails_with_a_clear_message(overrides: list[str])
         assert str(cause) and _raised_in_resvae_or_config(err), "".join(traceback.format_exception(cause))
         return
     x = batch[:2]
-    terms = model._terms(model._to_input(x))  # the run starts: one forward pass works
+    terms = model.objective(model.to_input(x))  # the run starts: one forward pass works
     assert terms.loss.shape == (len(x),)

@@ -22,7 +22,7 @@ ARGS = [
     "logger=csv",
     "test=false",
     "callbacks.early_stopping.patience=100",
-    "model.lr=5e-3",
+    "model.optimizer.lr=5e-3",
 ]
 
 
@@ -31,7 +31,7 @@ def run_dir(root: Path) -> Path:
 
 
 def final_weights(root: Path) -> dict[str, torch.Tensor]:
-    ckpt = torch.load(run_dir(root) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    ckpt = torch.load(run_dir(root) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     return ckpt["state_dict"], ckpt
 
 

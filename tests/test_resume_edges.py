@@ -8,19 +8,20 @@ import json
 import os
 import signal
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
-from lightning.pytorch.utilities.exceptions import SIGTERMException
 
-from resvae.callbacks.resume import PreemptionCheckpoint
+from resvae.callbacks import Preempted, Preemption
 from resvae.checkpointing import CheckpointError, check_compatible
 from resvae.config import MAX_LEAF, run_leaf
 from resvae.data import SyntheticDataModule
 from resvae.models import VAE
+from resvae.nn import ArchConfig
 from tests.conftest import TINY, cpu_trainer, only_run_dir
 
 
@@ -97,24 +98,63 @@ class SigtermDuringValidation(L.Callback):
             os.kill(os.getpid(), signal.SIGTERM)
 
 
+def tiny_vae() -> VAE:
+    return VAE(
+        arch=ArchConfig(depth=28, width=2, latent_dim=4),
+        likelihood="gaussian",
+        optimizer=partial(torch.optim.Adam, lr=1e-3),
+    )
+
+
 def test_sigterm_during_validation_lets_the_validation_finish(tmp_path: Path) -> None:
-    model = VAE(depth=28, width=2, latent_dim=4, likelihood="gaussian", scheduler="none")
-    data = SyntheticDataModule(train_size=48, test_size=8, batch_size=16, val_size=32, val_batch_size=8)
-    best = ModelCheckpoint(dirpath=tmp_path, filename="best", monitor="val/loss")
+    data = SyntheticDataModule(train_size=64, test_size=8, batch_size=16, val_size=32, val_batch_size=8)
+    best = ModelCheckpoint(
+        dirpath=tmp_path, filename="best", monitor="val/loss", save_on_train_epoch_end=False
+    )
     trainer = cpu_trainer(
         max_epochs=3,
         num_sanity_val_steps=0,
-        callbacks=[best, PreemptionCheckpoint(tmp_path), SigtermDuringValidation()],
+        callbacks=[best, Preemption(tmp_path / "last.ckpt"), SigtermDuringValidation()],
     )
-    with pytest.raises(SIGTERMException):
-        trainer.fit(model, datamodule=data)
-    ckpt = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=False)
-    # the stop came after epoch 0 had finished, validation included: the run resumes at epoch 1
-    # with epoch 0 validated (a best checkpoint exists), not with epoch 0 half-validated
-    assert ckpt["epoch"] == 1
+    with pytest.raises(Preempted) as stopped:
+        trainer.fit(tiny_vae(), datamodule=data)
+    assert stopped.value.code == 128 + signal.SIGTERM
+    ckpt = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
+    # the stop came after epoch 0 had finished, validation included, at the first batch of
+    # epoch 1: the run resumes there with epoch 0 validated (a best checkpoint exists)
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == 2 + 1
     assert ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 1
     state = next(v for k, v in ckpt["callbacks"].items() if k.startswith("ModelCheckpoint"))
     assert state["best_model_score"] is not None and (tmp_path / "best.ckpt").is_file()
+    assert signal.getsignal(signal.SIGTERM) is not Preemption._handle  # handlers restored
+
+
+@pytest.mark.parametrize("train_size", [48, 32], ids=["2-batch epochs", "1-batch epochs"])
+def test_signal_at_an_epochs_last_batch_saves_at_the_epochs_end(tmp_path: Path, train_size: int) -> None:
+    class SigtermAtLastBatch(L.Callback):
+        def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+            if trainer.current_epoch == 0 and batch_idx == trainer.num_training_batches - 1:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+    data = SyntheticDataModule(
+        train_size=train_size, test_size=8, batch_size=16, val_size=16, val_batch_size=8
+    )
+    best = ModelCheckpoint(
+        dirpath=tmp_path, filename="best", monitor="val/loss", save_on_train_epoch_end=False
+    )
+    trainer = cpu_trainer(
+        max_epochs=3,
+        num_sanity_val_steps=0,
+        callbacks=[best, Preemption(tmp_path / "last.ckpt"), SigtermAtLastBatch()],
+    )
+    with pytest.raises(Preempted):
+        trainer.fit(tiny_vae(), datamodule=data)
+    ckpt = torch.load(tmp_path / "last.ckpt", map_location="cpu", weights_only=True)
+    batches = (train_size - 16) // 16
+    # epoch 0 completed (validated: best.ckpt exists), the run resumes at the start of epoch 1
+    assert ckpt["epoch"] == 1 and ckpt["global_step"] == batches
+    assert ckpt["loops"]["fit_loop"]["epoch_progress"]["current"]["completed"] == 1
+    assert (tmp_path / "best.ckpt").is_file()
 
 
 def test_run_leaf_names_runs_by_what_changes_training() -> None:
@@ -130,7 +170,7 @@ def test_run_leaf_names_runs_by_what_changes_training() -> None:
 
 
 def test_checkpoint_of_another_likelihood_is_refused() -> None:
-    model = VAE(depth=28, width=2, latent_dim=4, likelihood="gaussian")
+    model = tiny_vae()
     info = {
         "model_class": "VAE",
         "arch": dict(model.shape_signature()),
@@ -138,12 +178,12 @@ def test_checkpoint_of_another_likelihood_is_refused() -> None:
         "n_mix": 10,
     }
     with pytest.raises(CheckpointError, match="likelihood"):
-        check_compatible(info, model.shape_signature(), "VAE", Path("x.ckpt"))
+        check_compatible(info, "VAE", model.shape_signature(), Path("x.ckpt"))
 
 
 def test_data_of_another_image_shape_is_a_clear_error() -> None:
-    model = VAE(depth=28, width=2, latent_dim=4, image_size=16)
+    model = VAE(arch=ArchConfig(depth=28, width=2, latent_dim=4, image_size=16), likelihood="gaussian")
     data = SyntheticDataModule(train_size=16, test_size=4, batch_size=4, val_size=4)
     data.setup()
-    with pytest.raises(ValueError, match="model.image_size=32"):
+    with pytest.raises(ValueError, match="model.arch.image_size=32"):
         model.check_data_shape(data)

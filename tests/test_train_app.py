@@ -38,28 +38,53 @@ def compose_train(overrides: list[str], hydra_cfg: bool = False):
         return compose("train", overrides=overrides, return_hydra_config=hydra_cfg)
 
 
+DATA = sorted(p.stem for p in (config_dir() / "data").glob("*.yaml"))
+MODELS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
+# (experiment, data, model) combinations that are refused on purpose, with the words of the error
+EXCLUDED: dict[tuple[str, str, str], str] = {}
+
+
+@pytest.mark.parametrize("model_group", MODELS)
+@pytest.mark.parametrize("data_group", DATA)
 @pytest.mark.parametrize("experiment", EXPERIMENTS)
-def test_every_experiment_composes_and_instantiates(experiment: str, tmp_path: Path) -> None:
-    cfg = compose_train([f"experiment={experiment}", "model.width=2"])
-    model = instantiate(cfg.model, _convert_="all")
-    assert model.arch.depth == cfg.model.depth
-    datamodule = instantiate(cfg.data)
+def test_every_experiment_composes_with_every_data_and_model_group(
+    experiment: str, data_group: str, model_group: str, tmp_path: Path
+) -> None:
+    """Experiments set only keys that every data and model group accepts (or refuse clearly)."""
+    overrides = [
+        f"experiment={experiment}",
+        f"data={data_group}",
+        f"model={model_group}",
+        "model.arch.width=2",
+    ]
+    expected_error = EXCLUDED.get((experiment, data_group, model_group))
+    try:
+        cfg = compose_train(overrides)
+        model = instantiate(cfg.model, _convert_="all")
+        datamodule = instantiate(cfg.data)
+    except Exception as err:
+        assert expected_error and expected_error in str(err), f"{overrides}: {err}"
+        return
+    assert expected_error is None, f"{overrides} should have been refused"
+    assert model.arch.depth == cfg.model.arch.depth
     assert datamodule.batch_size == cfg.data.batch_size
 
 
 def test_experiments_set_the_protocols() -> None:
     seed = compose_train(["experiment=seed_depth_sweep"], hydra_cfg=True)
-    assert seed.data.batch_size == 25 and seed.model.latent_dim == 256 and seed.model.lr == 1e-3
-    assert seed.model.optimizer == "adam" and seed.model.likelihood == "bernoulli"
+    assert seed.data.batch_size == 25 and seed.model.arch.latent_dim == 256
+    assert seed.model.optimizer._target_ == "torch.optim.Adam" and seed.model.optimizer.lr == 1e-3
+    assert seed.model.likelihood == "bernoulli"
     assert seed.callbacks.early_stopping.patience == 50 and seed.callbacks.early_stopping.min_delta == 0.1
-    assert seed.model.plateau_factor == 0.5 and seed.model.plateau_patience == 25
+    assert seed.model.scheduler.factor == 0.5 and seed.model.scheduler.patience == 25
     assert seed.trainer.max_epochs == 1000 and seed.data.val_source == "test"
     assert str(seed.hydra.mode) == "RunMode.MULTIRUN"
-    assert seed.hydra.sweeper.params["model.depth"] == "28,40,70,100"
+    assert seed.hydra.sweeper.params["model.arch.depth"] == "28,40,70,100"
 
     modern = compose_train(["experiment=depth_sweep"], hydra_cfg=True)
     assert modern.model.likelihood == "logistic_mixture" and modern.data.batch_size > 25
-    assert modern.hydra.sweeper.params["model.depth"] == "28,40,70,100"
+    assert modern.model.optimizer._target_ == "torch.optim.AdamW"
+    assert modern.hydra.sweeper.params["model.arch.depth"] == "28,40,70,100"
 
     smoke = compose_train(["experiment=smoke"])
     assert smoke.data._target_.endswith("SyntheticDataModule") and smoke.trainer.accelerator == "cpu"
@@ -79,7 +104,7 @@ def test_unknown_config_key_is_a_clear_error() -> None:
     from hydra.errors import ConfigCompositionException
 
     with pytest.raises(ConfigCompositionException, match="dpeth"):
-        compose_train(["model.dpeth=40"])
+        compose_train(["model.arch.dpeth=40"])
     with pytest.raises(ConfigCompositionException, match="experiment"):
         compose_train(["experiment=no_such_experiment"])
 
@@ -135,31 +160,38 @@ def test_smoke_run_writes_everything_a_run_promises(run_train, tmp_path: Path) -
 
 @pytest.mark.slow
 def test_depth_multirun_writes_one_folder_per_job(run_train, tmp_path: Path) -> None:
-    proc = run_train("-m", *TINY, "model.depth=28,34", "trainer.max_epochs=1", "logger=csv")
+    proc = run_train("-m", *TINY, "model.arch.depth=28,34", "trainer.max_epochs=1", "logger=csv")
     jobs = run_dirs(tmp_path / "outputs" / "smoke" / "multirun")
     assert len(jobs) == 2
     for depth, blocks in ((28, [1, 1, 1, 1]), (34, [1, 1, 2, 1])):
-        (job,) = [d for name, d in jobs.items() if f"model.depth={depth}" in name]
+        (job,) = [d for name, d in jobs.items() if f"model.arch.depth={depth}" in name]
         summary = json.loads((job / "summary.json").read_text())
         assert summary["status"] == "finished"
         assert summary["depth"] == depth and summary["blocks"] == blocks
         assert (job / "checkpoints" / "best.ckpt").is_file()
     assert "2 job(s)" in proc.stdout
+    sweep = tmp_path / "outputs" / "smoke" / "multirun"
+    assert (sweep / "report.html").is_file() and (sweep / "report.md").is_file()
 
 
 @pytest.mark.slow
 def test_failing_job_does_not_stop_the_sweep(run_train, tmp_path: Path) -> None:
-    proc = run_train("-m", *TINY, "model.depth=50,28", "trainer.max_epochs=1", "logger=wandb", check=False)
+    proc = run_train(
+        "-m", *TINY, "model.arch.depth=50,28", "trainer.max_epochs=1", "logger=wandb", check=False
+    )
     assert proc.returncode != 0
     jobs = run_dirs(tmp_path / "outputs" / "smoke" / "multirun")
-    (bad,) = [d for name, d in jobs.items() if "model.depth=50" in name]
-    (good,) = [d for name, d in jobs.items() if "model.depth=28" in name]
+    (bad,) = [d for name, d in jobs.items() if "model.arch.depth=50" in name]
+    (good,) = [d for name, d in jobs.items() if "model.arch.depth=28" in name]
     failed = json.loads((bad / "summary.json").read_text())
     assert failed["status"] == "failed" and "nearest valid: 46 or 52" in failed["error"]
     assert json.loads((good / "summary.json").read_text())["status"] == "finished"
     # each job had its own W&B run, closed with the job's exit code (W&B's own run log says so)
     assert "got exitcode: 1" in wandb_run_log(bad) and "got exitcode: 0" in wandb_run_log(good)
-    assert "1 job(s) FAILED" in proc.stdout and "model.depth=50" in proc.stdout
+    assert "1 job(s) FAILED" in proc.stdout and "model.arch.depth=50" in proc.stdout
+    # the user error is one clear line, not a traceback; the traceback is in the job's log
+    assert "Traceback" not in proc.stderr and "resvae-train: error: invalid depth 50" in proc.stderr
+    assert "Traceback" in (bad / "train.log").read_text()
 
 
 @pytest.mark.slow

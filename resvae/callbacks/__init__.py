@@ -1,7 +1,9 @@
-"""Callbacks: sample/reconstruction grids, plain progress lines, the run summary."""
+"""Callbacks: sample/reconstruction grids, progress lines, the run summary, preemption, RNG state."""
 
+from resvae.callbacks.checkpoint_state import RNGState, RunTag
 from resvae.callbacks.grids import SampleGrids
+from resvae.callbacks.preemption import Preempted, Preemption
 from resvae.callbacks.progress import ProgressLines
-from resvae.callbacks.summary import RunSummary, read_summary
+from resvae.callbacks.summary import RunSummary
 
-__all__ = ["ProgressLines", "RunSummary", "SampleGrids", "read_summary"]
+__all__ = ["Preempted", "Preemption", "ProgressLines", "RNGState", "RunSummary", "RunTag", "SampleGrids"]

@@ -6,7 +6,6 @@ use the same validation images, so grids from different epochs can be compared d
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -41,13 +40,12 @@ class SampleGrids(L.Callback):
         self.n_samples, self.n_recon = n_samples, n_recon
         self.temperatures = tuple(float(t) for t in temperatures)
         self.every_n_epochs, self.seed, self.dirpath = every_n_epochs, seed, dirpath
-        self.seconds = 0.0
         self._noise: torch.Tensor | None = None
         self._images: torch.Tensor | None = None
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         generator = torch.Generator().manual_seed(self.seed)
-        self._noise = torch.randn((self.n_samples, *pl_module.net.latent_shape), generator=generator)
+        self._noise = torch.randn((self.n_samples, *pl_module.latent_shape), generator=generator)
 
     def _fixed_images(self, trainer: L.Trainer) -> torch.Tensor | None:
         if self._images is None and hasattr(trainer.datamodule, "val_images"):
@@ -58,7 +56,6 @@ class SampleGrids(L.Callback):
         epoch = trainer.current_epoch
         if trainer.sanity_checking or not trainer.is_global_zero or epoch % self.every_n_epochs:
             return
-        start = time.perf_counter()
         root = Path(self.dirpath or trainer.default_root_dir)
         nrow = 8
         noise = self._noise.to(pl_module.device)
@@ -80,4 +77,3 @@ class SampleGrids(L.Callback):
                         else ", originals left, reconstructions right"
                     )
                     logger.log_image(key=key, images=[str(path)], caption=[caption], step=trainer.global_step)
-        self.seconds += time.perf_counter() - start

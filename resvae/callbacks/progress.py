@@ -7,7 +7,7 @@ import time
 
 import lightning as L
 
-SHOWN = ("train/loss", "val/loss", "val/bpd", "val/psnr")
+from resvae import metrics as keys
 
 
 class ProgressLines(L.Callback):
@@ -46,7 +46,7 @@ class ProgressLines(L.Callback):
             return
         metrics = trainer.callback_metrics
         parts = [f"epoch {self._pending + 1}/{trainer.max_epochs}", f"step {trainer.global_step}"]
-        parts += [f"{k} {float(metrics[k]):.4g}" for k in SHOWN if k in metrics]
+        parts += [f"{k} {float(metrics[k]):.4g}" for k in keys.PROGRESS if k in metrics]
         rate = self._images / max(self._seconds, 1e-9)
         parts += [f"{rate:,.0f} img/s", f"{time.perf_counter() - self._fit_start:.1f} s"]
         print("  ".join(parts), file=sys.stdout, flush=True)

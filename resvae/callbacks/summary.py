@@ -1,60 +1,51 @@
-"""`summary.json`: the one file that describes a run (DESIGN.md), rewritten atomically.
+"""`summary.json`: the one file that describes a run, kept up to date through the Run.
 
-It is written when training starts (status "running"), after fit ("finished"), after test, and
-on an exception ("failed", with the error). The report tool reads nothing else.
+Written when training starts (status "running"), after each validation, after fit
+("finished", or "failed" when the run diverged), after the test, and on an exception ("failed"
+or "interrupted", with the error). Times, image counts and the minima of the epoch losses
+travel in checkpoints, so a resumed run reports the whole run. Non-finite numbers are written
+as null (JSON has no NaN) and never pass for a result.
 """
 
 from __future__ import annotations
 
-import json
+import math
 import time
 from collections.abc import Mapping
-from pathlib import Path
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
 import torch
 
-from resvae.io import atomic_write_json
-
-SUMMARY_FILE = "summary.json"
-
-
-def read_summary(folder: str | Path) -> dict[str, Any] | None:
-    path = Path(folder) / SUMMARY_FILE
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())
+from resvae import metrics as keys
+from resvae.run import Run
 
 
-def _number(value: Any) -> float | None:
+def finite_number(value: Any) -> float | None:
     if value is None:
         return None
-    return float(value.item()) if isinstance(value, torch.Tensor) else float(value)
+    value = float(value.item()) if isinstance(value, torch.Tensor) else float(value)
+    return value if math.isfinite(value) else None
+
+
+def end_status(error: BaseException) -> str:
+    """summary.json's status for a run ended by `error`: a signal (SystemExit) or Ctrl-C
+    interrupts a run that can be resumed; anything else fails it."""
+    return "interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "failed"
 
 
 class RunSummary(L.Callback):
-    """Writes summary.json; `previous` (the folder's existing summary) is kept and updated, and
-    the time and image totals travel in checkpoints, so a resumed run reports the whole run."""
-
-    def __init__(
-        self,
-        dirpath: str | None = None,
-        extra: Mapping[str, Any] | None = None,
-        previous: Mapping[str, Any] | None = None,
-    ) -> None:
-        self.dirpath = dirpath
+    def __init__(self, run: Run, extra: Mapping[str, Any] | None = None) -> None:
+        self.run = run
         self.extra = dict(extra or {})
-        self.data: dict[str, Any] = dict(previous or {})
         self._epoch_start = self._val_start = self._epoch_val = 0.0
         self._epoch_images = 0
         self._fitting = False
         self.train_seconds = self.val_seconds = 0.0
         self.images = 0
         self.epochs_timed: list[dict[str, float]] = []  # per epoch: images, train and val seconds
-
-    def path(self, trainer: L.Trainer) -> Path:
-        return Path(self.dirpath or trainer.default_root_dir) / SUMMARY_FILE
+        self.minima: dict[str, float] = {}
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -62,6 +53,7 @@ class RunSummary(L.Callback):
             "val_seconds": self.val_seconds,
             "images": self.images,
             "epochs_timed": self.epochs_timed[-20:],
+            "minima": dict(self.minima),
         }
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -69,14 +61,15 @@ class RunSummary(L.Callback):
         self.val_seconds = float(state_dict.get("val_seconds", 0.0))
         self.images = int(state_dict.get("images", 0))
         self.epochs_timed = list(state_dict.get("epochs_timed", []))
+        self.minima = dict(state_dict.get("minima", {}))
 
     # ------------------------------------------------------------------ timing
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start, self._epoch_val = time.perf_counter(), 0.0  # a resumed epoch has no start
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_start = time.perf_counter()
-        self._epoch_val = 0.0
+        self._epoch_start, self._epoch_val = time.perf_counter(), 0.0
+        self._track_minima(trainer)  # the previous epoch's train/loss is logged by now
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         self.images += len(batch)
@@ -91,6 +84,8 @@ class RunSummary(L.Callback):
         seconds = time.perf_counter() - self._val_start
         self.val_seconds += seconds
         self._epoch_val += seconds
+        self._track_minima(trainer)
+        self.write(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         seconds = time.perf_counter() - self._epoch_start - self._epoch_val
@@ -104,27 +99,29 @@ class RunSummary(L.Callback):
         )
         self._epoch_images = 0
 
+    def _track_minima(self, trainer: L.Trainer) -> None:
+        for field, key in keys.SUMMARY_MINIMA.items():
+            value = finite_number(trainer.callback_metrics.get(key))
+            if value is not None and value < self.minima.get(field, math.inf):
+                self.minima[field] = value
+
     # ------------------------------------------------------------------ writing
     def _collect(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
         arch = pl_module.arch
-        data = {
-            **self.data,
+        data: dict[str, Any] = {
             "model": type(pl_module).__name__,
-            "depth": arch.depth,
-            "blocks": list(arch.blocks),
-            "width": arch.width,
-            "block": arch.block,
-            "shortcut": arch.shortcut,
-            "preact": arch.preact,
-            "latent_dim": arch.latent_dim,
+            "network": arch.network,
+            **{k: list(v) if isinstance(v, tuple) else v for k, v in asdict(arch).items()},
+            "layers": arch.layers,
             "likelihood": pl_module.likelihood.name,
-            "bpd_is_likelihood": pl_module.likelihood.valid_bpd and type(pl_module).__name__ == "VAE",
+            "bpd_is_likelihood": pl_module.bpd_is_likelihood,
             "params": pl_module.num_parameters,
             "device": _device_name(pl_module.device),
             "precision": str(trainer.precision),
             **self.extra,
         }
         if self._fitting:  # a test-only attempt leaves the training record as it was
+            forward = pl_module.forward_fn
             data.update(
                 epochs=trainer.current_epoch,
                 global_step=trainer.global_step,
@@ -132,26 +129,25 @@ class RunSummary(L.Callback):
                 train_seconds=round(self.train_seconds, 3),
                 val_seconds=round(self.val_seconds, 3),
                 images_per_second=round(self.images / self.train_seconds, 1) if self.train_seconds else None,
-                skipped_steps=int(pl_module.skipped_steps),
+                skipped_steps=int(pl_module.step.skipped),
                 epochs_timed=self.epochs_timed[-20:],  # the latest epochs' images and seconds
-                compile=pl_module.hparams.get("compile", "none"),
-                compile_first_call_seconds=getattr(pl_module.train_forward, "first_call_seconds", None),
-                compile_fell_back=getattr(pl_module.train_forward, "fell_back", False),
+                compile=pl_module.options.compile,
+                compile_first_call_seconds=forward.first_call_seconds,
+                compile_fell_back=forward.fell_back,
+                **self.minima,
             )
             ckpt = trainer.checkpoint_callback
             if ckpt is not None and getattr(ckpt, "best_model_score", None) is not None:
-                data["best_val_loss"] = _number(ckpt.best_model_score)
+                data["best_val_loss"] = finite_number(ckpt.best_model_score)
         metrics = trainer.callback_metrics
-        for key, name in METRICS:
-            if name in metrics:
-                data[key] = _number(metrics[name])
+        for field, key in keys.SUMMARY_FIELDS.items():
+            if key in metrics:
+                data[field] = finite_number(metrics[key])
         return data
 
     def write(self, trainer: L.Trainer, pl_module: L.LightningModule, **fields: Any) -> None:
-        self.data.update(fields)
         if trainer.is_global_zero:
-            self.data = self._collect(trainer, pl_module)
-            atomic_write_json(self.path(trainer), self.data)
+            self.run.write_summary(**self._collect(trainer, pl_module), **fields)
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fitting = True
@@ -161,7 +157,15 @@ class RunSummary(L.Callback):
         # fit returned before max_epochs without an error: EarlyStopping (or another callback)
         # stopped it; Lightning's stopped_epoch cannot tell a stop at epoch 0 from no stop
         stopped_early = trainer.max_epochs not in (None, -1) and trainer.current_epoch < trainer.max_epochs
-        self.write(trainer, pl_module, status="finished", stopped_early=stopped_early, finished_at=_now())
+        val_loss = trainer.callback_metrics.get(keys.VAL_LOSS)
+        fields: dict[str, Any] = {"status": "finished", "stopped_early": stopped_early}
+        if val_loss is not None and finite_number(val_loss) is None:
+            fields.update(
+                status="failed",
+                error=f"diverged: {keys.VAL_LOSS} is not finite at epoch {trainer.current_epoch}; "
+                "best.ckpt holds the last epoch with a finite one, if any",
+            )
+        self.write(trainer, pl_module, **fields, finished_at=_now())
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.write(trainer, pl_module, tested=True)
@@ -176,24 +180,6 @@ class RunSummary(L.Callback):
             error=f"{type(exception).__name__}: {exception}",
             finished_at=_now(),
         )
-
-
-METRICS = (
-    ("train_loss", "train/loss"),
-    ("val_loss", "val/loss"),
-    ("val_bpd", "val/bpd"),
-    ("val_psnr", "val/psnr"),
-    ("val_ssim", "val/ssim"),
-    ("test_bpd", "test/bpd"),
-    ("test_nll_iw", "test/nll_iw"),
-    ("test_bpd_iw", "test/bpd_iw"),
-)
-
-
-def end_status(error: BaseException) -> str:
-    """summary.json's status for a run ended by `error`: SIGTERM (a SystemExit) and Ctrl-C
-    interrupt a run that can be resumed; anything else fails it."""
-    return "interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "failed"
 
 
 def _now() -> str:

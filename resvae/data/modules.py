@@ -28,7 +28,10 @@ class ImageDataModule(L.LightningDataModule):
         val_size: int | float = 0.1,
         flip: bool = True,
         seed: int = 0,
+        train_size: int | None = None,
+        test_size: int | None = None,
     ) -> None:
+        """train_size / test_size: use only the first this many images of each split (None: all)."""
         super().__init__()
         if batch_size < 1 or (val_batch_size is not None and val_batch_size < 1):
             raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
@@ -36,6 +39,10 @@ class ImageDataModule(L.LightningDataModule):
             raise ValueError(f"data.val_source must be one of {', '.join(VAL_SOURCES)}, got {val_source!r}")
         if val_size <= 0:
             raise ValueError(f"data.val_size must be > 0 (a count or a fraction), got {val_size}")
+        for name, size in (("train_size", train_size), ("test_size", test_size)):
+            if size is not None and size < 1:
+                raise ValueError(f"data.{name} must be >= 1 or null (all images), got {size}")
+        self.train_size, self.test_size = train_size, test_size
         self.batch_size = batch_size
         self.val_batch_size = val_batch_size or batch_size
         self.val_source, self.val_size = val_source, val_size
@@ -49,7 +56,7 @@ class ImageDataModule(L.LightningDataModule):
 
     # ------------------------------------------------------------------ Lightning hooks
     def _split(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        train, test = arrays["train"], arrays["test"]
+        train, test = arrays["train"][: self.train_size], arrays["test"][: self.test_size]
         if self.val_source == "test":
             return {"train": train, "val": test, "test": test}
         n_val = int(round(self.val_size * len(train))) if self.val_size < 1 else int(self.val_size)
@@ -165,10 +172,10 @@ class SyntheticDataModule(ImageDataModule):
     def __init__(
         self, train_size: int = 512, test_size: int = 128, image_size: int = 32, **kwargs: object
     ) -> None:
-        super().__init__(**kwargs)  # type: ignore[arg-type]
-        if train_size < 2 or test_size < 1 or image_size < 8:
-            raise ValueError("data.train_size >= 2, data.test_size >= 1 and data.image_size >= 8 required")
-        self.train_size, self.test_size, self.image_size = train_size, test_size, image_size
+        super().__init__(train_size=train_size, test_size=test_size, **kwargs)  # type: ignore[arg-type]
+        if train_size < 2 or image_size < 8:
+            raise ValueError("data.train_size >= 2 and data.image_size >= 8 required")
+        self.image_size = image_size
 
     def load_arrays(self) -> dict[str, np.ndarray]:
         return {

@@ -1,8 +1,22 @@
-"""Lightning modules (VAE, AE), pixel likelihoods and the on-device training guards."""
+"""Lightning modules (VAE, AE) around the pure-torch objectives, pixel likelihoods and the step."""
 
 from resvae.models.ae import AE
-from resvae.models.base import LatentModel, NonFiniteTrainingError
+from resvae.models.base import LatentModel, NonFiniteTrainingError, StepOptions
 from resvae.models.likelihoods import make_likelihood
+from resvae.models.objectives import AEObjective, LatentObjective, VAEObjective
 from resvae.models.vae import VAE
 
-__all__ = ["AE", "VAE", "LatentModel", "NonFiniteTrainingError", "make_likelihood"]
+MODELS = {"VAE": VAE, "AE": AE}  # checkpoints name their class; loading looks it up here
+
+__all__ = [
+    "AE",
+    "MODELS",
+    "VAE",
+    "AEObjective",
+    "LatentModel",
+    "LatentObjective",
+    "NonFiniteTrainingError",
+    "StepOptions",
+    "VAEObjective",
+    "make_likelihood",
+]

@@ -1,13 +1,15 @@
-"""Shared machinery of the VAE and the AE: network, guarded manual optimisation, metrics.
+"""The Lightning shell around a pure-torch objective: optimiser, epoch metrics, checkpoints.
 
-The training step runs without host synchronisation: losses and skip counters accumulate on the
-device (DeviceMeans, buffers) and are read at epoch end; a non-finite update is skipped on the
-device (see guards.py). Subclasses define `_terms`, the per-image loss terms of a batch.
+The maths lives in `objectives.py` (losses) and `step.py` (the guarded update); this module
+wires them to Lightning's hooks. The training step runs without host synchronisation: sums and
+counters stay on the device and are read once per epoch, and once every
+`train_step.skip_check_every` steps to stop a run whose updates keep being skipped.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import inspect
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -16,134 +18,129 @@ import lightning as L
 import torch
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
+from resvae import metrics as keys
 from resvae.checkpointing import CHECKPOINT_TAG
 from resvae.models.compiled import COMPILE_MODES, CompiledOrEager
-from resvae.models.guards import DeviceMeans, guarded_update
-from resvae.models.likelihoods import bits_per_dim, make_likelihood, to_signed_unit
-from resvae.nn import ArchConfig, LatentAutoencoder, count_parameters
+from resvae.models.likelihoods import bits_per_dim
+from resvae.models.objectives import LatentObjective
+from resvae.models.step import DeviceMeans, TrainStep
+from resvae.nn import count_parameters
 
-OPTIMIZERS = ("adam", "adamw", "sgd")
-SCHEDULERS = ("plateau", "cosine", "none")
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
 class NonFiniteTrainingError(RuntimeError):
     """Too many consecutive updates were skipped because the loss or gradients were not finite."""
 
 
-@dataclass
-class Terms:
-    """Loss terms of one batch: per-image tensors [B] and the scalar that is optimised."""
+@dataclass(frozen=True)
+class StepOptions:
+    """`model.train_step`: how updates are made (not what is learned)."""
 
-    loss: torch.Tensor  # the reported loss: negative ELBO (VAE) or reconstruction NLL (AE)
-    recon: torch.Tensor
-    objective: torch.Tensor
-    params: torch.Tensor  # likelihood parameters [B, P, H, W]
-    kl: torch.Tensor | None = None
+    grad_clip: float | None = 200.0  # max gradient norm; null or 0 disables clipping
+    max_consecutive_skips: int = 50  # stop the run after this many skipped updates in a row
+    skip_check_every: int = 100  # steps between the host reads of the skip counter
+    compile: str = "none"  # torch.compile mode of the forward (see compiled.py)
+    channels_last: bool | None = None  # null: True on CUDA (tensor-core convolutions)
+
+    def __post_init__(self) -> None:
+        if self.grad_clip is not None and self.grad_clip < 0:
+            raise ValueError(f"model.train_step.grad_clip must be >= 0 or null, got {self.grad_clip}")
+        if self.max_consecutive_skips < 1 or self.skip_check_every < 1:
+            raise ValueError("model.train_step.max_consecutive_skips and skip_check_every must be >= 1")
+        if self.compile not in COMPILE_MODES:
+            raise ValueError(
+                f"unknown model.train_step.compile {self.compile!r}; choose one of {', '.join(COMPILE_MODES)}"
+            )
 
 
-def channels_last(setting: bool | None, device: torch.device) -> bool:
-    """model.channels_last, or when it is null (the default), True on CUDA (tensor-core convs)."""
-    return device.type == "cuda" if setting is None else bool(setting)
-
-
-def _check_positive(name: str, value: float, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        bound = ">= 0" if allow_zero else "> 0"
-        raise ValueError(f"model.{name} must be {bound}, got {value}")
+def build_optimizer(factory: OptimizerFactory, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """`factory(params)`, with fused kernels where the optimizer has them and the config does not
+    decide: fused Adam/AdamW/SGD skip a non-finite update on the device (see step.py)."""
+    given = getattr(factory, "keywords", {})  # a functools.partial from a `_partial_: true` node
+    target = getattr(factory, "func", factory)
+    fusable = "fused" in inspect.signature(target).parameters
+    if fusable and "fused" not in given and all(p.device.type in ("cpu", "cuda") for p in params):
+        return factory(params, fused=True)
+    return factory(params)
 
 
 class LatentModel(L.LightningModule):
-    code_multiplier = 1
-    metric_names: tuple[str, ...] = ("loss", "recon")
-
     def __init__(
         self,
         *,
-        likelihood: str = "logistic_mixture",
-        n_mix: int = 10,
-        lr: float = 1e-3,
-        optimizer: str = "adam",
-        weight_decay: float = 0.0,
-        betas: tuple[float, float] = (0.9, 0.999),
-        fused: bool | None = None,
-        scheduler: str = "plateau",
-        plateau_factor: float = 0.5,
-        plateau_patience: int = 25,
-        min_lr: float = 0.0,
-        grad_clip: float | None = 200.0,
-        max_consecutive_skips: int = 50,
-        skip_check_every: int = 100,
-        channels_last: bool | None = None,
-        compile: str = "none",
-        iw_samples: int = 16,
-        **arch: Any,
+        objective: LatentObjective,
+        arch: Any,
+        optimizer: OptimizerFactory | None,
+        scheduler: SchedulerFactory | None,
+        train_step: Mapping[str, Any] | None,
+        iw_samples: int,
     ) -> None:
         super().__init__()
         self.automatic_optimization = False  # the guarded step needs the update in our hands
-        self.save_hyperparameters()  # collects the subclass's arguments too (Lightning walks super())
-        _check_positive("lr", lr)
-        _check_positive("weight_decay", weight_decay, allow_zero=True)
-        _check_positive("grad_clip", grad_clip or 0.0, allow_zero=True)
-        if optimizer not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer {optimizer!r}; choose one of {', '.join(OPTIMIZERS)}")
-        if scheduler not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler {scheduler!r}; choose one of {', '.join(SCHEDULERS)}")
-        if not 0 < plateau_factor < 1:
-            raise ValueError(f"model.plateau_factor must be in (0, 1), got {plateau_factor}")
-        if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
-            raise ValueError(f"model.betas must be two numbers in [0, 1), got {list(betas)}")
-        if compile not in COMPILE_MODES:
-            raise ValueError(f"unknown model.compile {compile!r}; choose one of {', '.join(COMPILE_MODES)}")
-        if max_consecutive_skips < 1 or skip_check_every < 1 or iw_samples < 1:
-            raise ValueError("model.max_consecutive_skips, skip_check_every and iw_samples must be >= 1")
-
-        self.arch = ArchConfig.from_kwargs(**arch)
-        self.likelihood = make_likelihood(likelihood, n_mix)
-        out_channels = self.likelihood.param_channels(self.arch.in_channels)
-        self.net = LatentAutoencoder(self.arch, out_channels, self.code_multiplier)
-        self.image_dims = self.arch.in_channels * self.arch.image_size**2
-
-        self.train_means = DeviceMeans((*self.metric_names, "grad_norm"), persistent=True)
-        self.val_means = DeviceMeans(self.metric_names)
-        self.test_means = DeviceMeans((*self.metric_names, "nll_iw"))
+        # plain values only (they go into checkpoints, which load with weights_only=True);
+        # the architecture is kept in the checkpoint's resvae entry instead
+        self.save_hyperparameters(ignore=["objective", "arch", "optimizer", "scheduler"])
+        if iw_samples < 1:
+            raise ValueError(f"model.iw_samples must be >= 1, got {iw_samples}")
+        if optimizer is not None:  # a bad optimizer setting fails now, not after data loading
+            try:
+                optimizer([torch.nn.Parameter(torch.zeros(1))])
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"model.optimizer: {err}") from err
+        if scheduler is not None:
+            try:
+                scheduler(torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0))
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"model.scheduler: {err}") from err
+        self.arch = arch
+        self.objective = objective
+        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        self.options = StepOptions(**(train_step or {}))
+        self.iw_samples = iw_samples
+        names = objective.metric_names
+        self.step = TrainStep(names, self.options.grad_clip)
+        self.val_means = DeviceMeans(names)
+        self.test_means = DeviceMeans((*names, "nll_iw"))
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
-        self.register_buffer("skipped_steps", torch.zeros((), dtype=torch.long))
-        self.register_buffer("consecutive_skips", torch.zeros((), dtype=torch.long))
-        self._trainable: list[torch.nn.Parameter] = []
-        self.train_forward = CompiledOrEager(self._train_forward, "none")
+        self.image_dims = arch.in_channels * arch.image_size**2
+        self.forward_fn = CompiledOrEager(objective.objective_and_metrics, "none")
+        self._optimizer: Any = None  # Lightning's wrapper: its step() also counts global_step
 
-    # ----------------------------------------------------------------- subclass interface
-    def _terms(self, x: torch.Tensor) -> Terms:
-        raise NotImplementedError
+    # ----------------------------------------------------------------- what the network is
+    @property
+    def net(self) -> torch.nn.Module:
+        return self.objective.net
 
-    def latent_from_noise(self, eps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        """Map standard-normal noise of the latent shape to a latent to decode."""
-        raise NotImplementedError
+    @property
+    def likelihood(self) -> Any:
+        return self.objective.likelihood
 
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    # ----------------------------------------------------------------- public inference API
-    def shape_signature(self) -> dict[str, Any]:
-        """What fixes the shapes of the weights: architecture and likelihood."""
-        return {**asdict(self.arch), "likelihood": self.likelihood.name, "n_mix": self.hparams.n_mix}
+    @property
+    def latent_shape(self) -> tuple[int, ...]:
+        return self.objective.latent_shape
 
     @property
     def num_parameters(self) -> int:
         return count_parameters(self.net)
 
-    def _to_input(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 [0, 255] or float [0, 1] images -> float [-1, 1] on the model's device."""
-        images = images.to(self.device)
-        x = to_signed_unit(images) if images.dtype == torch.uint8 else images.float() * 2 - 1
-        if self.uses_channels_last():
-            x = x.contiguous(memory_format=torch.channels_last)
-        return x
+    @property
+    def bpd_is_likelihood(self) -> bool:
+        """Whether bits/dim is a code length of the data (a VAE under a discrete likelihood)."""
+        return self.likelihood.valid_bpd and self.objective.has_posterior
 
-    def uses_channels_last(self) -> bool:
-        return channels_last(self.hparams.get("channels_last"), self.device)
+    def shape_signature(self) -> dict[str, Any]:
+        """What fixes the shapes of the weights: architecture and likelihood."""
+        return {**asdict(self.arch), "likelihood": self.likelihood.name, "n_mix": self.hparams.get("n_mix")}
 
+    @property
+    def channels_last(self) -> bool:
+        setting = self.options.channels_last
+        return self.device.type == "cuda" if setting is None else bool(setting)
+
+    # ----------------------------------------------------------------- inference
     @contextmanager
     def inference(self) -> Iterator[None]:
         """Eval mode and no grad for the public inference methods, the caller's mode restored:
@@ -156,13 +153,25 @@ class LatentModel(L.LightningModule):
         finally:
             self.train(was_training)
 
+    def to_input(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 [0, 255] or float [0, 1] images -> float [-1, 1] on the model's device."""
+        return self.objective.to_input(images.to(self.device), self.channels_last)
+
+    def encode(self, images: torch.Tensor) -> torch.Tensor:
+        """Images -> the latent that represents them (posterior mean, or the AE's code)."""
+        with self.inference():
+            return self.objective.encode_mean(self.to_input(images))
+
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Latents -> images in [0, 1] (the likelihood's point estimate)."""
         with self.inference():
-            return (self.likelihood.point(self.net.decode(z.to(self.device))) + 1) / 2
+            return self.objective.decode_images(z.to(self.device))
 
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(images))
+
+    def latent_from_noise(self, eps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
+        return self.objective.latent_from_noise(eps.to(self.device), temperature)
 
     def sample(
         self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
@@ -172,47 +181,30 @@ class LatentModel(L.LightningModule):
             raise ValueError(f"number of samples must be >= 1, got {n}")
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
-        eps = torch.randn((n, *self.net.latent_shape), generator=generator)
-        return self.decode(self.latent_from_noise(eps.to(self.device), temperature))
+        eps = torch.randn((n, *self.latent_shape), generator=generator)
+        return self.decode(self.latent_from_noise(eps, temperature))
 
     # ----------------------------------------------------------------- training
     def configure_optimizers(self) -> Any:
-        h = self.hparams
-        fused = h.fused
-        if fused is None:  # fused kernels exist for these on CPU and CUDA, and skip on the device
-            fused = all(p.device.type in ("cpu", "cuda") for p in self.parameters())
-        params = list(self.parameters())
-        if h.optimizer == "sgd":
-            opt = torch.optim.SGD(
-                params, lr=h.lr, momentum=h.betas[0], weight_decay=h.weight_decay, fused=fused
-            )
-        else:
-            cls = torch.optim.Adam if h.optimizer == "adam" else torch.optim.AdamW
-            opt = cls(params, lr=h.lr, betas=tuple(h.betas), weight_decay=h.weight_decay, fused=fused)
-        if h.scheduler == "none":
+        if self.optimizer_factory is None:
+            raise ValueError("model.optimizer is not set: this model was built for inference only")
+        opt = build_optimizer(self.optimizer_factory, [p for p in self.parameters() if p.requires_grad])
+        if self.scheduler_factory is None:
             return opt
-        if h.scheduler == "plateau":
-            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(
-                opt, mode="min", factor=h.plateau_factor, patience=h.plateau_patience, min_lr=h.min_lr
-            )
-        else:
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(
-                opt, T_max=max(1, self.trainer.max_epochs or 1), eta_min=h.min_lr
-            )
-        # stepped by hand (manual optimisation): plateau on val/loss, cosine once per epoch
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched}}
-
-    def on_train_start(self) -> None:
-        sched = self.lr_schedulers()
-        if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
-            sched.T_max = max(1, self.trainer.max_epochs or 1)  # a resumed run may have a new max
+        # stepped by hand (manual optimisation): ReduceLROnPlateau on val/loss, others per epoch
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt)}}
 
     def on_fit_start(self) -> None:
         self.check_data_shape(getattr(self.trainer, "datamodule", None))
-        if self.uses_channels_last():
+        if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
-        self._trainable = [p for p in self.parameters() if p.requires_grad]
-        self.train_forward = CompiledOrEager(self._train_forward, self.hparams.get("compile", "none"))
+        self.forward_fn = CompiledOrEager(self.objective.objective_and_metrics, self.options.compile)
+
+    def on_train_start(self) -> None:
+        self._optimizer = self.optimizers()
+        sched = self.lr_schedulers()
+        if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
+            sched.T_max = max(1, self.trainer.max_epochs or 1)  # a resumed run may have a new max
 
     def check_data_shape(self, datamodule: Any) -> None:
         """A clear error when the data's images are not the shape the network was built for."""
@@ -221,47 +213,32 @@ class LatentModel(L.LightningModule):
         if shape is not None and tuple(shape) != want:
             raise ValueError(
                 f"the data's images are {list(shape)} (channels, height, width) but the model is "
-                f"built for {list(want)}: set model.image_size={shape[-1]} and "
-                f"model.in_channels={shape[0]} to match the data"
+                f"built for {list(want)}: set model.arch.image_size={shape[-1]} and "
+                f"model.arch.in_channels={shape[0]} to match the data"
             )
 
-    def _train_forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """The region that torch.compile captures: (objective, batch means of metric_names)."""
-        terms = self._terms(x)
-        return terms.objective, torch.stack([getattr(terms, n).mean() for n in self.metric_names])
-
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        x = self._to_input(batch)
-        opt = self.optimizers()
-        objective, means = self.train_forward(x)
-        self.manual_backward(objective)
-        finite, grad_norm = guarded_update(
-            opt.optimizer, self._trainable, objective, self.hparams.grad_clip, opt.step
-        )
-        opt.zero_grad(set_to_none=True)
-        skipped = (~finite).long()
-        self.skipped_steps.add_(skipped)
-        self.consecutive_skips.add_(skipped).mul_(skipped)
-        values = torch.cat([means.detach().float(), grad_norm.detach().float().view(1)])
-        self.train_means.add(values, finite.float() * x.shape[0])
-        if (batch_idx + 1) % self.hparams.skip_check_every == 0:
+        opt = self._optimizer
+        self.step(self.forward_fn, opt.optimizer, batch, self.channels_last, step=opt.step)
+        if (batch_idx + 1) % self.options.skip_check_every == 0:
             self._raise_if_diverged()
 
     def _raise_if_diverged(self) -> None:
-        n = int(self.consecutive_skips)  # the one host read, every skip_check_every steps
-        if n >= self.hparams.max_consecutive_skips:
+        n = int(self.step.consecutive)  # this syncs: once every skip_check_every steps
+        if n >= self.options.max_consecutive_skips:
             raise NonFiniteTrainingError(
                 f"{n} consecutive updates had a non-finite loss or gradient and were skipped "
-                f"(limit model.max_consecutive_skips={self.hparams.max_consecutive_skips}); "
-                "training stopped. The last good checkpoint is kept. Lower model.lr, set "
-                "model.grad_clip, or check the data."
+                f"(limit model.train_step.max_consecutive_skips={self.options.max_consecutive_skips}); "
+                "training stopped. The last good checkpoint is kept. Lower model.optimizer.lr, set "
+                "model.train_step.grad_clip, or check the data."
             )
 
     def on_train_epoch_end(self) -> None:
         # reset after reading, not at epoch start: a run resumed mid-epoch keeps its partial sums
-        self.log_dict({f"train/{k}": v for k, v in self.train_means.compute().items()})
-        self.train_means.reset()
-        self.log("train/skipped_steps", self.skipped_steps.float())
+        means = self.step.means.compute()
+        self.log_dict({keys.of("train", k): v for k, v in means.items()})
+        self.log(keys.TRAIN_SKIPPED, self.step.skipped.float())
+        self.step.means.reset()
         self._raise_if_diverged()
         sched = self.lr_schedulers()
         if sched is not None and not isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
@@ -274,9 +251,9 @@ class LatentModel(L.LightningModule):
         self.val_ssim.reset()
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        x = self._to_input(batch)
-        terms = self._terms(x)
-        self.val_means.add(torch.stack([getattr(terms, n).mean() for n in self.metric_names]), x.shape[0])
+        x = self.to_input(batch)
+        terms = self.objective(x)
+        self.val_means.add(self.objective.metric_values(terms), x.shape[0])
         recon = (self.likelihood.point(terms.params) + 1) / 2
         target = (x.float() + 1) / 2
         self.val_psnr.update(recon, target)
@@ -284,44 +261,44 @@ class LatentModel(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         means = self.val_means.compute()
-        metrics = {f"val/{k}": v for k, v in means.items()}
-        metrics["val/bpd"] = bits_per_dim(means["loss"], self.image_dims)
-        metrics["val/psnr"] = self.val_psnr.compute()
-        metrics["val/ssim"] = self.val_ssim.compute()
+        metrics = {keys.of("val", k): v for k, v in means.items()}
+        metrics[keys.VAL_BPD] = bits_per_dim(means["loss"], self.image_dims)
+        metrics[keys.VAL_PSNR] = self.val_psnr.compute()
+        metrics[keys.VAL_SSIM] = self.val_ssim.compute()
+        metrics[keys.VAL_NONFINITE] = self.val_means.nonfinite.float()
         self.log_dict(metrics)
         sched = self.lr_schedulers()
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) and not self.trainer.sanity_checking:
-            sched.step(means["loss"])
+            sched.step(means["loss"])  # a non-finite loss counts as no improvement
 
     def on_test_epoch_start(self) -> None:
         self.test_means.reset()
 
     def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        x = self._to_input(batch)
-        terms = self._terms(x)
-        iw = self.nll_iw(x, self.hparams.iw_samples)
-        values = [getattr(terms, n).mean() for n in self.metric_names] + [iw.mean()]
-        self.test_means.add(torch.stack(values), x.shape[0])
-
-    def nll_iw(self, x: torch.Tensor, samples: int) -> torch.Tensor:
-        """Importance-weighted NLL bound in nats/image; for an AE, its reconstruction NLL."""
-        return self._terms(x).loss
+        x = self.to_input(batch)
+        terms = self.objective(x)
+        iw = self.objective.nll_iw(x, self.iw_samples)
+        values = torch.cat([self.objective.metric_values(terms), iw.float().mean().view(1)])
+        self.test_means.add(values, x.shape[0])
 
     def on_test_epoch_end(self) -> None:
         means = self.test_means.compute()
-        metrics = {f"test/{k}": v for k, v in means.items()}
-        metrics["test/bpd"] = bits_per_dim(means["loss"], self.image_dims)
-        metrics["test/bpd_iw"] = bits_per_dim(means["nll_iw"], self.image_dims)
+        metrics = {keys.of("test", k): v for k, v in means.items()}
+        metrics[keys.TEST_BPD] = bits_per_dim(means["loss"], self.image_dims)
+        metrics[keys.TEST_BPD_IW] = bits_per_dim(means["nll_iw"], self.image_dims)
+        metrics[keys.TEST_NONFINITE] = self.test_means.nonfinite.float()
         self.log_dict(metrics)
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint[CHECKPOINT_TAG] = {
             "model_class": type(self).__name__,
+            "arch_class": type(self.arch).__name__,
             "arch": asdict(self.arch),
+            "hparams": dict(self.hparams),
             "likelihood": self.likelihood.name,
-            "n_mix": self.hparams.n_mix,
-            "valid_bpd": self.likelihood.valid_bpd,
+            "n_mix": self.hparams.get("n_mix"),
+            "valid_bpd": self.bpd_is_likelihood,
         }
         # torch.compile wraps modules as `_orig_mod`: save the plain names so an uncompiled
         # model loads the checkpoint.

@@ -41,7 +41,7 @@ class CompiledOrEager:
         except Exception as err:  # any compile-stack failure: fall back, once, loudly
             warnings.warn(
                 f"torch.compile(mode={self.mode!r}) failed ({type(err).__name__}: {err}); "
-                "training continues in eager mode (set model.compile=none to skip compiling)",
+                "training continues in eager mode (set model.train_step.compile=none to skip compiling)",
                 RuntimeWarning,
                 stacklevel=2,
             )

@@ -12,7 +12,10 @@ from resvae.nn.network import (
 from resvae.nn.plan import DepthError, depth_plan, nearest_valid_depths
 from resvae.nn.residual import Residual
 
+ARCHS = {"ArchConfig": ArchConfig}  # network configs by name: checkpoints name theirs
+
 __all__ = [
+    "ARCHS",
     "ArchConfig",
     "BlockOptions",
     "DepthError",

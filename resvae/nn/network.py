@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, fields
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -30,6 +31,8 @@ class ArchConfig(BlockOptions):
     """Everything that fixes the network's shape (the block options included); validated on
     construction."""
 
+    network: ClassVar[str] = "resnet"  # the suite's network (summary.json's `network`)
+
     depth: int | None = 28
     blocks: tuple[int, ...] | None = None
     width: int = 64
@@ -45,26 +48,14 @@ class ArchConfig(BlockOptions):
         object.__setattr__(self, "depth", depth_of(plan))
         for name in ("width", "latent_dim", "in_channels"):
             if getattr(self, name) < 1:
-                raise ValueError(f"model.{name} must be a positive integer, got {getattr(self, name)}")
+                raise ValueError(f"model.arch.{name} must be a positive integer, got {getattr(self, name)}")
         if self.latent not in LATENTS:
             raise ValueError(f"unknown latent {self.latent!r}; choose one of {', '.join(LATENTS)}")
         down = 2 ** (STAGES - 1)
         if self.image_size < down or self.image_size % down:
-            raise ValueError(f"image_size must be a positive multiple of {down}, got {self.image_size}")
-
-    @classmethod
-    def from_kwargs(cls, **kwargs: object) -> ArchConfig:
-        """Build from config keys, naming any unknown key and the known ones."""
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(kwargs) - known)
-        if unknown:
-            raise TypeError(
-                f"unknown model option(s) {', '.join(unknown)}; "
-                f"the architecture options are: {', '.join(sorted(known))}"
+            raise ValueError(
+                f"model.arch.image_size must be a positive multiple of {down}, got {self.image_size}"
             )
-        if kwargs.get("blocks") is not None:
-            kwargs["blocks"] = tuple(kwargs["blocks"])  # type: ignore[arg-type]
-        return cls(**kwargs)  # type: ignore[arg-type]
 
     @property
     def block_options(self) -> BlockOptions:
@@ -79,9 +70,23 @@ class ArchConfig(BlockOptions):
     def feature_size(self) -> int:
         return self.image_size // 2 ** (STAGES - 1)
 
+    @property
+    def layers(self) -> int:
+        """Weighted layers on the main path (see `conv_layer_count`)."""
+        return conv_layer_count(self.blocks, self.block)
+
+    def build(self, out_channels: int, code_multiplier: int) -> LatentAutoencoder:
+        """The network this config describes: `out_channels` likelihood parameters per pixel and
+        a code of `code_multiplier * latent_dim` features (2 for a VAE's mean and log-variance)."""
+        return LatentAutoencoder(self, out_channels, code_multiplier)
+
 
 class ResNetEncoder(nn.Module):
-    """x [B, C, H, W] -> features [B, channels[-1], H/8, W/8]."""
+    """x [B, C, H, W] -> features [B, channels[-1], H/8, W/8].
+
+    Named like timm's ResNet: `stem`, stages `layer1..layer4` (32, 16, 8, 4 px at image 32),
+    then `final` (the norm and activation a pre-activation network still owes its output).
+    """
 
     def __init__(self, cfg: ArchConfig) -> None:
         super().__init__()
@@ -89,44 +94,66 @@ class ResNetEncoder(nn.Module):
         stem: list[nn.Module] = [nn.Conv2d(cfg.in_channels, ch[0], 3, padding=1, bias=cfg.preact)]
         if not cfg.preact:
             stem += [make_norm(cfg.norm, ch[0]), make_act(cfg.act)]
-        layers: list[nn.Module] = [nn.Sequential(*stem)]
+        self.stem = nn.Sequential(*stem)
         c = ch[0]
         for i, n in enumerate(cfg.blocks):
+            blocks = []
             for j in range(n):
                 down = j == 0 and i > 0
-                layers.append(ResidualBlock(c, ch[i], "down" if down else "none", opts))
+                blocks.append(ResidualBlock(c, ch[i], "down" if down else "none", opts))
                 c = ch[i]
-        if cfg.preact:  # pre-activation blocks leave their output un-normalised
-            layers += [make_norm(cfg.norm, c), make_act(cfg.act)]
-        self.layers = nn.Sequential(*layers)
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+        self.final = nn.Sequential(make_norm(cfg.norm, c), make_act(cfg.act)) if cfg.preact else nn.Identity()
         self.out_channels = c
 
+    @property
+    def stages(self) -> list[nn.Sequential]:
+        return [getattr(self, f"layer{i + 1}") for i in range(STAGES)]
+
+    def stage_features(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The output of each stage, layer1..layer4: [B, channels[i], H / 2**i, W / 2**i]."""
+        h, features = self.stem(x), []
+        for stage in self.stages:
+            h = stage(h)
+            features.append(h)
+        return features
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
+        return self.final(self.stage_features(x)[-1])
 
 
 class ResNetDecoder(nn.Module):
-    """features [B, channels[-1], h, w] -> [B, out_channels, 8h, 8w], mirroring the encoder."""
+    """features [B, channels[-1], h, w] -> [B, out_channels, 8h, 8w], mirroring the encoder.
+
+    Stage `layerN` mirrors the encoder's `layerN` (same resolution and width) and they run
+    layer4 -> layer1; each stage's last block upsamples into the next stage's width. Then
+    `final` (norm + act when pre-activated) and `head`, a 3x3 conv to the likelihood's parameters.
+    """
 
     def __init__(self, cfg: ArchConfig, out_channels: int) -> None:
         super().__init__()
         opts, ch = cfg.block_options, cfg.stage_channels()
         c = ch[-1]
-        layers: list[nn.Module] = []
         for i in reversed(range(STAGES)):
-            n = cfg.blocks[i]
+            n, blocks = cfg.blocks[i], []
             for j in range(n):
                 up = j == n - 1 and i > 0  # the stage's last block upsamples into the next stage
                 cout = ch[i - 1] if up else ch[i]
-                layers.append(ResidualBlock(c, cout, "up" if up else "none", opts))
+                blocks.append(ResidualBlock(c, cout, "up" if up else "none", opts))
                 c = cout
-        if cfg.preact:
-            layers += [make_norm(cfg.norm, c), make_act(cfg.act)]
-        layers.append(nn.Conv2d(c, out_channels, 3, padding=1))
-        self.layers = nn.Sequential(*layers)
+            self.add_module(f"layer{i + 1}", nn.Sequential(*blocks))
+        self.final = nn.Sequential(make_norm(cfg.norm, c), make_act(cfg.act)) if cfg.preact else nn.Identity()
+        self.head = nn.Conv2d(c, out_channels, 3, padding=1)
+
+    @property
+    def stages(self) -> list[nn.Sequential]:
+        """In the order they run: layer4 (smallest resolution) first."""
+        return [getattr(self, f"layer{i}") for i in range(STAGES, 0, -1)]
 
     def forward(self, h: torch.Tensor) -> torch.Tensor:
-        return self.layers(h)
+        for stage in self.stages:
+            h = stage(h)
+        return self.head(self.final(h))
 
 
 class LatentAutoencoder(nn.Module):

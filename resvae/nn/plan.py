@@ -1,4 +1,4 @@
-"""Depth -> blocks per stage, the contract of DESIGN.md.
+"""Depth -> blocks per stage (docs/design.md, "Depth").
 
 depth = 6 * (total blocks) + 4: three convolutions per bottleneck block in the encoder and three
 in the mirrored decoder, plus four stem/head layers (encoder stem, latent head, decoder input,
@@ -52,7 +52,7 @@ def depth_plan(depth: int) -> tuple[int, ...]:
         raise DepthError(
             f"invalid depth {depth}: depth must be 6 * blocks + 4 with at least one block in each of "
             f"{STAGES} stages (28, 34, 40, ...); nearest valid: {near}. "
-            f"Or set the split explicitly with model.blocks=[b1,b2,b3,b4]."
+            f"Or set the split explicitly with model.arch.blocks=[b1,b2,b3,b4]."
         )
     return proportional_split((depth - 4) // 6)
 
@@ -73,16 +73,16 @@ def resolve_blocks(depth: int | None, blocks: Sequence[int] | None) -> tuple[int
     """The plan from an explicit `blocks` split (checked against `depth` if both are given)."""
     if blocks is None:
         if depth is None:
-            raise DepthError("set model.depth or model.blocks")
+            raise DepthError("set model.arch.depth or model.arch.blocks")
         return depth_plan(depth)
     plan = tuple(int(b) for b in blocks)
     if len(plan) != STAGES or any(b < 1 for b in plan):
         raise DepthError(
-            f"model.blocks must list {STAGES} positive block counts (one per stage), got {list(blocks)}"
+            f"model.arch.blocks must list {STAGES} positive block counts (one per stage), got {list(blocks)}"
         )
     if depth is not None and depth != depth_of(plan):
         raise DepthError(
-            f"model.blocks={list(plan)} has depth {depth_of(plan)} but model.depth={depth}; "
-            f"set model.depth={depth_of(plan)} or model.depth=null"
+            f"model.arch.blocks={list(plan)} has depth {depth_of(plan)} but model.arch.depth={depth}; "
+            f"set model.arch.depth={depth_of(plan)} or model.arch.depth=null"
         )
     return plan

@@ -1,0 +1,291 @@
+"""A run and its folder: what it is (config hash), who owns it (a lock), what it already did
+(summary.json, checkpoints) and so what this attempt does (train, test only, or nothing).
+
+A run folder has no timestamp, so the same command finds it again after a kill or a requeue.
+That makes the folder's contents the truth about a run only if nothing else can write there and
+nothing stale can pass for a result, hence:
+- the config hash: a run is keyed by a hash of its resolved config minus what does not change
+  what is trained (`run.excludes`); an attempt whose config differs from the folder's run is
+  refused with the differences, before anything is written;
+- the lock: one live trainer per folder (`fcntl` lock via filelock, released by the kernel when
+  its process dies, so a stale lock of a killed trainer is simply taken over);
+- leftovers of a killed attempt (temporary files of atomic writes, an unreadable summary.json)
+  are cleaned or kept aside, never trusted.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import secrets
+import socket
+import subprocess
+import time
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock, Timeout
+from omegaconf import DictConfig, OmegaConf
+
+from resvae.checkpointing import CHECKPOINT_TAG, read_checkpoint
+from resvae.io import atomic_write_json, remove_partial_writes
+
+log = logging.getLogger("resvae.run")
+
+SUMMARY_FILE = "summary.json"
+LOCK_FILE = ".lock"
+OWNER_FILE = ".lock.owner.json"
+WANDB_ID_FILE = "wandb/run_id"
+
+
+class RunFolderError(RuntimeError):
+    """The run folder holds something this attempt must not overwrite, or is in use."""
+
+
+def hashed_config(cfg: DictConfig | Mapping[str, Any], excludes: Iterable[str]) -> dict[str, Any]:
+    """The resolved config without the dotted keys in `excludes` (each with all below it)."""
+    data = OmegaConf.to_container(cfg, resolve=True) if isinstance(cfg, DictConfig) else dict(cfg)
+    for key in excludes:
+        *parents, leaf = key.split(".")
+        node: Any = data
+        for part in parents:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(leaf, None)
+    return data
+
+
+def config_hash(config: Mapping[str, Any]) -> str:
+    text = json.dumps(config, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
+    """'key: old -> new' for every dotted key whose value differs (missing shows as <unset>)."""
+    diffs = []
+    for key in sorted(set(old) | set(new), key=str):
+        a, b = old.get(key, "<unset>"), new.get(key, "<unset>")
+        name = f"{prefix}{key}"
+        if isinstance(a, Mapping) and isinstance(b, Mapping):
+            diffs += config_differences(a, b, name + ".")
+        elif a != b:
+            diffs.append(f"{name}: {a!r} -> {b!r}")
+    return diffs
+
+
+def read_summary(folder: str | Path) -> dict[str, Any] | None:
+    """A run folder's summary.json, or None when there is none; an unreadable one is an error
+    that names the file (see Run for how a run deals with it)."""
+    path = Path(folder) / SUMMARY_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"{path} is unreadable ({type(err).__name__}: {err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"{path} is not a JSON object")
+    return data
+
+
+class Run:
+    """The folder of one training run (Hydra's output dir) and the decision of this attempt.
+
+    `todo` is "train" (fit, then test if asked), "test" (training finished earlier, the test
+    has not run) or "nothing"; `resume_from` the checkpoint fit continues from.
+    """
+
+    def __init__(
+        self,
+        folder: Path,
+        config: Mapping[str, Any],
+        *,
+        checkpoint_dir: Path,
+        last_name: str = "last.ckpt",
+        resume: str = "auto",
+        test: bool = True,
+        max_epochs: int | None = None,
+    ) -> None:
+        self.folder = folder
+        self.config = dict(config)
+        self.config_hash = config_hash(self.config)
+        self.checkpoint_dir = checkpoint_dir
+        self.last_checkpoint = checkpoint_dir / last_name
+        self.resume, self.test, self.max_epochs = resume, test, max_epochs
+        self._lock = FileLock(folder / LOCK_FILE, timeout=0)
+        self.summary: dict[str, Any] = {}
+        self.previous: dict[str, Any] | None = None
+        self.todo = "train"
+        self.resume_from: Path | None = None
+
+    # ----------------------------------------------------------------- opening
+    def open(self) -> Run:
+        """Take the folder, clean what a killed attempt left, and decide what to do. Raises
+        RunFolderError (nothing written) when the folder is in use or holds another run."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self._take_lock()
+        try:
+            removed = remove_partial_writes(self.folder)
+            if removed:
+                log.warning(
+                    "removed %d unfinished file(s) of a killed attempt: %s", len(removed), removed[:3]
+                )
+            self.previous = self._read_previous_summary()
+            self.resume_from = self._checkpoint_to_resume()
+            self._check_same_run()
+            self.todo = self._work_left()
+        except BaseException:
+            self.close()
+            raise
+        self.summary = dict(self.previous or {})
+        self.summary.update(config_hash=self.config_hash, config=self.config)
+        return self
+
+    def _take_lock(self) -> None:
+        owner_path = self.folder / OWNER_FILE
+        try:
+            self._lock.acquire()
+        except Timeout:
+            owner = _read_json(owner_path)
+            raise RunFolderError(
+                f"{self.folder} is in use by another trainer (pid {owner.get('pid', '?')} on host "
+                f"{owner.get('host', '?')}, since {owner.get('since', '?')}): nothing was changed. "
+                "Wait for it to finish or stop it; for a second run use name=<other name>."
+            ) from None
+        stale = _read_json(owner_path)
+        if stale:
+            log.warning(
+                "took over the run folder from pid %s on host %s, which stopped without releasing it",
+                stale.get("pid"),
+                stale.get("host"),
+            )
+        atomic_write_json(owner_path, {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()})
+
+    def _read_previous_summary(self) -> dict[str, Any] | None:
+        try:
+            return read_summary(self.folder)
+        except ValueError as err:
+            aside = self.folder / f"{SUMMARY_FILE}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
+            os.replace(self.folder / SUMMARY_FILE, aside)
+            log.warning("%s; kept it as %s and continue from the checkpoints", err, aside.name)
+            return None
+
+    def _checkpoint_to_resume(self) -> Path | None:
+        existing = (
+            sorted(p.name for p in self.checkpoint_dir.glob("*.ckpt")) if self.checkpoint_dir.is_dir() else []
+        )
+        if self.resume == "auto":
+            if self.last_checkpoint.is_file():
+                return self.last_checkpoint
+            if existing:  # e.g. save_last was off: starting afresh would write over this run
+                raise RunFolderError(
+                    f"{self.folder} holds {', '.join(existing)} but no {self.last_checkpoint.name}, so "
+                    "it cannot be continued exactly: nothing was changed. Continue from one of them "
+                    "with resume='<path>', or start a new run with name=<new name>."
+                )
+            return None
+        if self.resume == "never":
+            if existing:
+                raise RunFolderError(
+                    f"{self.folder} already holds checkpoints of an earlier run and resume=never: "
+                    "nothing was changed. Use resume=auto to continue it, or name=<new name> for a new run."
+                )
+            return None
+        path = Path(self.resume).expanduser()
+        if not path.is_file():
+            raise RunFolderError(f"resume={self.resume}: no such checkpoint file")
+        return path
+
+    def _stored_config(self) -> tuple[str | None, dict[str, Any] | None]:
+        """The config hash (and config) of the run in this folder: summary.json's, else its
+        last checkpoint's (summary.json may be lost or kept aside)."""
+        if self.previous and self.previous.get("config_hash"):
+            return self.previous["config_hash"], self.previous.get("config")
+        if self.last_checkpoint.is_file():
+            info = read_checkpoint(self.last_checkpoint).get(CHECKPOINT_TAG, {}).get("run", {})
+            return info.get("config_hash"), info.get("config")
+        return None, None
+
+    def _check_same_run(self) -> None:
+        """Refuse a folder that holds a run of another config (resume=never refuses any run)."""
+        if self.resume == "never":
+            return
+        stored_hash, stored = self._stored_config()
+        if stored_hash is None or stored_hash == self.config_hash:
+            return
+        diffs = config_differences(stored or {}, self.config) or ["(the stored config is not available)"]
+        shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+        raise RunFolderError(
+            f"{self.folder} holds a run trained with another configuration ({shown}): nothing was "
+            "changed. To train this configuration give it its own folder with name=<new name>; to "
+            "continue the run in this folder, go back to its settings."
+        )
+
+    def _work_left(self) -> str:
+        summary = self.previous if self.resume == "auto" else None
+        if not summary or summary.get("status") != "finished":
+            return "train"
+        max_epochs = self.max_epochs if self.max_epochs not in (None, -1) else float("inf")
+        trained_out = summary.get("stopped_early") or summary.get("epochs", 0) >= max_epochs
+        if not trained_out:
+            return "train"  # e.g. max_epochs was raised since
+        return "test" if self.test and not summary.get("tested") else "nothing"
+
+    # ----------------------------------------------------------------- while it runs
+    def wandb_id(self) -> str:
+        """A W&B run id kept in the folder, so a resumed job continues the same W&B run."""
+        path = self.folder / WANDB_ID_FILE
+        if path.is_file():
+            return path.read_text().strip()
+        run_id = secrets.token_hex(4)  # W&B ids are short lowercase alphanumerics
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(run_id + "\n")
+        return run_id
+
+    def write_summary(self, **fields: Any) -> None:
+        self.summary.update(fields)
+        atomic_write_json(self.folder / SUMMARY_FILE, self.summary)
+
+    def result(self) -> float | None:
+        """What a sweeper optimises: the best validation loss (None when there is none)."""
+        value = self.summary.get("best_val_loss")
+        return float(value) if isinstance(value, (int, float)) else None
+
+    def close(self) -> None:
+        if self._lock.is_locked:
+            (self.folder / OWNER_FILE).unlink(missing_ok=True)
+            self._lock.release()
+
+
+def git_commit() -> str:
+    """HEAD of the repository holding this package, with '-dirty' for uncommitted changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -99,17 +99,15 @@ def train(cfg: DictConfig) -> float | None:
             log.info("%s: training finished earlier; running the test only", folder)
         elif run.resume_from is not None:
             log.info("resuming from %s", run.resume_from)
-        csv = [
-            lg for lg in loggers if isinstance(lg, MetricsCSVLogger)
-        ]  # also a callback: rows in checkpoints
+        csv = [lg for lg in loggers if isinstance(lg, MetricsCSVLogger)]  # also a callback
         if run.todo == "test" and csv and run.last_checkpoint.is_file():
             csv[0].restore_from(read_checkpoint(run.last_checkpoint))
         if not loggers:  # Lightning refuses a LearningRateMonitor with nothing to log to
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
         provenance = {
-            "name": cfg.name, "run": folder.name, "run_dir": str(folder), "seed": cfg.seed,
-            "overrides": list(HydraConfig.get().overrides.task), "git_commit": git_commit(),
-            "resumed_from": str(run.resume_from) if run.resume_from else None,
+            "name": cfg.name, "protocol": cfg.protocol, "seed": cfg.seed, "run": folder.name,
+            "run_dir": str(folder), "overrides": list(HydraConfig.get().overrides.task),
+            "git_commit": git_commit(), "resumed_from": str(run.resume_from) if run.resume_from else None,
         }  # fmt: skip
         callbacks += [
             *csv,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -41,6 +42,7 @@ def only_run_dir(root: Path) -> Path:
 def cpu_trainer(**kwargs) -> L.Trainer:
     """A quiet CPU Trainer for in-process tests (no logger, bar or model summary)."""
     defaults = {
+        "default_root_dir": tempfile.mkdtemp(prefix="resvae-test-"),  # never the repository
         "accelerator": "cpu",
         "devices": 1,
         "logger": False,

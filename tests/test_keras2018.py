@@ -9,18 +9,23 @@ device (no memory, no compute); everything else runs on CPU at a tiny width.
 from __future__ import annotations
 
 import math
+from functools import partial
 
+import lightning as L
 import pytest
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from resvae.data import SyntheticDataModule
+from resvae.models import Keras2018VAE
 from resvae.nn.keras2018 import (
     KERAS2018_BLOCKS,
     Keras2018Config,
     Keras2018Net,
     keras_parameter_count,
 )
+from tests.conftest import cpu_trainer
 
 # depth: (total, encoder incl. latent heads, decoder, trainable) from the notebooks' summaries
 KERAS_SUMMARIES = {
@@ -185,3 +190,115 @@ def test_adam_on_fixed_batch_lowers_keras_loss() -> None:
         losses.append(loss.item())
     assert all(math.isfinite(v) for v in losses)
     assert sum(losses[-5:]) / 5 < 0.95 * sum(losses[:5]) / 5, losses
+
+
+# ------------------------------------------------------------------------------ model=keras2018
+
+
+def tiny_model(**kwargs) -> Keras2018VAE:
+    # width 4 / head 32: a 1-channel decoder input (width 2, head 16) trips a CPU kernel bug of torch
+    arch = Keras2018Config(width=4, head_units=32, latent_dim=8)
+    return Keras2018VAE(arch=arch, optimizer=partial(torch.optim.Adam, lr=1e-3), **kwargs)
+
+
+def test_keras_loss_is_3072_mean_clipped_bce_plus_kl_plus_l2() -> None:
+    torch.manual_seed(0)
+    model = tiny_model().eval()  # eval: BatchNorm uses running statistics, the forward is repeatable
+    x = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    torch.manual_seed(1)
+    terms = model.objective(model.to_input(x))
+    torch.manual_seed(1)
+    net, x01 = model.net, x.float() / 255
+    mu, logvar = net.encode(x01).chunk(2, dim=1)
+    logits = net.decode(mu + torch.exp(0.5 * logvar) * torch.randn_like(mu))
+    p = torch.sigmoid(logits).clamp(1e-7, 1 - 1e-7)  # Keras clips probabilities by K.epsilon()
+    bce = -(x01 * p.log() + (1 - x01) * (1 - p).log())
+    recon = 3072 * bce.flatten(1).mean(1)
+    kl = -0.5 * (1 + logvar - mu.square() - logvar.exp()).sum(1)
+    torch.testing.assert_close(terms.recon, recon, rtol=1e-5, atol=1e-3)
+    torch.testing.assert_close(terms.kl, kl, rtol=1e-5, atol=1e-4)
+    torch.testing.assert_close(terms.loss, recon + kl + net.l2_penalty(), rtol=1e-5, atol=1e-3)
+    assert not model.bpd_is_likelihood  # Bernoulli cross-entropy plus L2: not a code length
+
+
+def test_keras_sampling_switch_uses_exp_logvar_as_the_std() -> None:
+    mu, logvar = torch.zeros(2000, 8), torch.full((2000, 8), 0.5)
+    plain, quirk = tiny_model().objective, tiny_model(keras_sampling=True).objective
+    assert plain.reparameterize(mu, logvar).std().item() == pytest.approx(math.exp(0.25), rel=0.05)
+    assert quirk.reparameterize(mu, logvar).std().item() == pytest.approx(math.exp(0.5), rel=0.05)
+
+
+def test_the_lightning_module_trains_it_and_the_loss_falls(one_thread) -> None:
+    torch.manual_seed(0)
+    model = tiny_model()
+    data = SyntheticDataModule(train_size=80, test_size=8, batch_size=16, val_size=16, flip=False)
+    trainer = cpu_trainer(max_epochs=6, limit_val_batches=0, num_sanity_val_steps=0)
+    losses = []
+
+    class Record(L.Callback):
+        def on_train_epoch_end(self, trainer, pl_module):
+            losses.append(pl_module.step.means.compute()["loss"].item())
+
+    trainer.callbacks.append(Record())
+    trainer.fit(model, datamodule=data)
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.95 * losses[0], losses
+
+
+def test_model_keras2018_composes_and_refuses_switches_that_do_not_apply() -> None:
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+    from hydra.utils import instantiate
+
+    from resvae.config import config_dir
+
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose(
+            "train", overrides=["model=keras2018", "model.arch.width=4", "model.arch.head_units=32"]
+        )
+        model = instantiate(cfg.model, _convert_="all")
+        assert isinstance(model, Keras2018VAE) and model.arch.network == "keras2018"
+        for switch in ("model.arch.preact=false", "model.likelihood=gaussian", "model.beta=2"):
+            with pytest.raises(ConfigCompositionException, match=switch.split("=")[0].rsplit(".", 1)[1]):
+                compose("train", overrides=["model=keras2018", switch])
+        cfg = compose("train", overrides=["model=keras2018", "+model.likelihood=gaussian"])
+        with pytest.raises(Exception, match="likelihood"):
+            instantiate(cfg.model, _convert_="all")
+
+
+def test_seed_depth_sweep_runs_the_study_network_with_its_protocol() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from resvae.config import config_dir
+
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=seed_depth_sweep"], return_hydra_config=True)
+    assert cfg.model._target_ == "resvae.models.Keras2018VAE" and cfg.protocol == "keras2018"
+    assert (
+        cfg.model.arch.width == 64 and cfg.model.arch.latent_dim == 256 and cfg.model.arch.head_units == 1024
+    )
+    assert cfg.data.batch_size == 25 and cfg.data.val_source == "test" and cfg.data.flip is False
+    opt, sched = cfg.model.optimizer, cfg.model.scheduler
+    assert opt._target_ == "torch.optim.Adam" and opt.lr == 1e-3 and opt.eps == 1e-7
+    assert (
+        sched.factor == 0.5
+        and sched.patience == 25
+        and sched.min_lr == 1e-6
+        and sched.threshold_mode == "abs"
+    )
+    assert cfg.callbacks.early_stopping.patience == 50 and cfg.callbacks.early_stopping.min_delta == 0.1
+    assert cfg.trainer.max_epochs == 1000 and cfg.trainer.precision == "32-true"
+    assert cfg.model.train_step.grad_clip is None and cfg.matmul_precision == "highest"
+    assert cfg.hydra.sweeper.params["model.arch.depth"] == "28,40,70,100"
+
+
+def test_a_checkpoint_of_it_loads_back(tmp_path) -> None:
+    from resvae.models.loading import load_model
+
+    model = tiny_model()
+    trainer = cpu_trainer(max_epochs=1, limit_train_batches=1, limit_val_batches=0, num_sanity_val_steps=0)
+    trainer.fit(model, datamodule=SyntheticDataModule(train_size=32, test_size=8, batch_size=16, val_size=8))
+    trainer.save_checkpoint(tmp_path / "k.ckpt")
+    loaded = load_model(tmp_path / "k.ckpt")
+    assert isinstance(loaded, Keras2018VAE)
+    z = torch.randn(3, 8)
+    torch.testing.assert_close(loaded.decode(z), model.decode(z))

@@ -69,7 +69,6 @@ class RunSummary(L.Callback):
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start, self._epoch_val = time.perf_counter(), 0.0
-        self._track_minima(trainer)  # the previous epoch's train/loss is logged by now
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         self.images += len(batch)
@@ -84,7 +83,6 @@ class RunSummary(L.Callback):
         seconds = time.perf_counter() - self._val_start
         self.val_seconds += seconds
         self._epoch_val += seconds
-        self._track_minima(trainer)
         self.write(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
@@ -121,6 +119,7 @@ class RunSummary(L.Callback):
             **self.extra,
         }
         if self._fitting:  # a test-only attempt leaves the training record as it was
+            self._track_minima(trainer)  # each write sees the latest epoch's losses
             forward = pl_module.forward_fn
             data.update(
                 epochs=trainer.current_epoch,

@@ -2,17 +2,23 @@
 
 from resvae.models.ae import AE
 from resvae.models.base import LatentModel, NonFiniteTrainingError, StepOptions
+from resvae.models.keras2018 import Keras2018VAE
 from resvae.models.likelihoods import make_likelihood
 from resvae.models.objectives import AEObjective, LatentObjective, VAEObjective
 from resvae.models.vae import VAE
 
-MODELS = {"VAE": VAE, "AE": AE}  # checkpoints name their class; loading looks it up here
+MODELS = {
+    "VAE": VAE,
+    "AE": AE,
+    "Keras2018VAE": Keras2018VAE,
+}  # checkpoints name their class; loading looks it up here
 
 __all__ = [
     "AE",
     "MODELS",
     "VAE",
     "AEObjective",
+    "Keras2018VAE",
     "LatentModel",
     "LatentObjective",
     "NonFiniteTrainingError",

@@ -34,6 +34,7 @@ class Terms:
     objective: torch.Tensor
     params: torch.Tensor  # likelihood parameters [B, P, H, W]
     kl: torch.Tensor | None = None
+    penalty: torch.Tensor | None = None  # a weight penalty inside `loss` (the study's L2), [B]
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:

@@ -1,6 +1,7 @@
 """Pure-PyTorch residual networks: blocks, the Residual wrapper, encoder, decoder, depth plan."""
 
 from resvae.nn.blocks import BlockOptions, ResidualBlock
+from resvae.nn.keras2018 import Keras2018Config, Keras2018Net
 from resvae.nn.network import (
     ArchConfig,
     LatentAutoencoder,
@@ -12,13 +13,16 @@ from resvae.nn.network import (
 from resvae.nn.plan import DepthError, depth_plan, nearest_valid_depths
 from resvae.nn.residual import Residual
 
-ARCHS = {"ArchConfig": ArchConfig}  # network configs by name: checkpoints name theirs
+# network configs by name: checkpoints name theirs, and loading looks them up here
+ARCHS = {"ArchConfig": ArchConfig, "Keras2018Config": Keras2018Config}
 
 __all__ = [
     "ARCHS",
     "ArchConfig",
     "BlockOptions",
     "DepthError",
+    "Keras2018Config",
+    "Keras2018Net",
     "LatentAutoencoder",
     "ResNetDecoder",
     "ResNetEncoder",

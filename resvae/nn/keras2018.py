@@ -51,6 +51,7 @@ of the 1024 units over batch and positions, as BatchNorm1d over [B*16, 1024] doe
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
@@ -77,6 +78,8 @@ class Keras2018Config:
     Stage i (0-based) has filters (w, w, 4w) with w = width * 2**i. `blocks` (4 positive ints)
     overrides the study's depth table; `depth` must then be None or 6 * sum(blocks) + 4.
     """
+
+    network: ClassVar[str] = "keras2018"  # summary.json's `network`
 
     depth: int | None = 28
     blocks: tuple[int, int, int, int] | None = None
@@ -128,6 +131,20 @@ class Keras2018Config:
             errors.append(f"bn_momentum must be in (0, 1] (torch convention), got {self.bn_momentum!r}")
         if errors:
             raise ValueError("invalid Keras2018Config:\n  " + "\n  ".join(errors))
+
+    @property
+    def layers(self) -> int:
+        """Weighted layers on the main path: three per block in encoder and decoder, plus four."""
+        return _depth_of(self.blocks)
+
+    def build(self, out_channels: int, code_multiplier: int) -> Keras2018Net:
+        """The study's network; it outputs Bernoulli logits of the image and a VAE's code only."""
+        if out_channels != self.in_channels or code_multiplier != 2:
+            raise ValueError(
+                "model=keras2018 is the study's VAE with a Bernoulli output: it predicts "
+                f"{self.in_channels} logits per pixel and a mean and log-variance per latent"
+            )
+        return Keras2018Net(self)
 
     @property
     def bottleneck_size(self) -> int:
@@ -261,7 +278,7 @@ class Keras2018Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = torch.sigmoid(self.fc_bn(self.fc(z)))  # [B, head_units]
-        h = h.reshape(z.shape[0], self.size, self.size, -1).permute(0, 3, 1, 2)  # Keras Reshape (H, W, C)
+        h = h.reshape(z.shape[0], self.size, self.size, -1).permute(0, 3, 1, 2).contiguous()  # Keras Reshape (H, W, C)
         for stage in self.stages():
             h = stage(h)
         return self.out(h)  # logits; the Keras layer applies a sigmoid here

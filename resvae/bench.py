@@ -244,7 +244,7 @@ def bench(args: argparse.Namespace) -> list[dict[str, Any]]:
                     img_s, warm = time_steps(step, x, args.steps, args.warmup, device)
                     del model, step
                 row.update(
-                    img_s=round(img_s, 1),
+                    img_s=float(f"{img_s:.4g}"),
                     warmup_s=None if warm is None else round(warm, 2),
                     mfu=round(img_s * gflop / (peak * 1e3), 4) if peak else None,
                     epoch_50k_s=round(50_000 / img_s, 2),

@@ -278,7 +278,7 @@ class Keras2018Decoder(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         h = torch.sigmoid(self.fc_bn(self.fc(z)))  # [B, head_units]
-        h = h.reshape(z.shape[0], self.size, self.size, -1).permute(0, 3, 1, 2).contiguous()  # Keras Reshape (H, W, C)
+        h = h.reshape(z.shape[0], self.size, self.size, -1).permute(0, 3, 1, 2)  # Keras Reshape (H, W, C)
         for stage in self.stages():
             h = stage(h)
         return self.out(h)  # logits; the Keras layer applies a sigmoid here

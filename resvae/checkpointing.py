@@ -9,12 +9,13 @@ progress, callback states, RNG states as tensors, the `resvae` entry) is plain d
 from __future__ import annotations
 
 import pickle
+import time
 from pathlib import Path
 from typing import Any
 
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
-from lightning.pytorch.plugins.io import TorchCheckpointIO
+from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 
 from resvae.io import atomic_write
 
@@ -28,12 +29,39 @@ class CheckpointError(ValueError):
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes local checkpoints to a temporary file, then renames: a kill mid-write leaves the
     previous checkpoint intact (Lightning's fsspec writer is not atomic). Remote paths (s3://,
-    ...) go through Lightning's own writer."""
+    ...) go through Lightning's own writer. `seconds` adds up the time spent writing."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seconds = 0.0
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any = None) -> None:
+        start = time.perf_counter()
         if "://" in str(path) and get_filesystem(path).protocol not in ("file", ("file", "local")):
-            return super().save_checkpoint(checkpoint, path, storage_options)
-        atomic_write(Path(path), lambda f: torch.save(checkpoint, f))
+            super().save_checkpoint(checkpoint, path, storage_options)
+        else:
+            atomic_write(Path(path), lambda f: torch.save(checkpoint, f))
+        self.seconds += time.perf_counter() - start
+
+
+class BackgroundCheckpointIO(AsyncCheckpointIO):
+    """Lightning's AsyncCheckpointIO around an AtomicCheckpointIO: the tensors are copied on the
+    training thread (training cannot change them mid-write), the file is written atomically in a
+    background thread, and teardown waits for the last write (a SIGTERM'd run saves before it
+    exits). `seconds` adds up the time training waited (the copy), `write_seconds` the writes."""
+
+    def __init__(self) -> None:
+        super().__init__(AtomicCheckpointIO())
+        self.seconds = 0.0
+
+    def save_checkpoint(self, *args: Any, **kwargs: Any) -> None:
+        start = time.perf_counter()
+        super().save_checkpoint(*args, **kwargs)
+        self.seconds += time.perf_counter() - start
+
+    @property
+    def write_seconds(self) -> float:
+        return self.checkpoint_io.seconds
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

@@ -20,6 +20,8 @@ VAL_BPD = of("val", "bpd")
 VAL_PSNR = of("val", "psnr")
 VAL_SSIM = of("val", "ssim")
 VAL_NONFINITE = of("val", "nonfinite_batches")
+VAL_ACTIVE_UNITS = of("val", "active_units")  # Burda et al.: Cov_x(E_q[z_d]) > 0.01
+VAL_KL_PER_DIM = of("val", "kl_per_dim")  # a histogram (W&B), not a scalar
 TEST_BPD = of("test", "bpd")
 TEST_BPD_IW = of("test", "bpd_iw")
 TEST_NLL_IW = of("test", "nll_iw")
@@ -33,6 +35,7 @@ SUMMARY_FIELDS = {
     "val_psnr": VAL_PSNR,
     "val_ssim": VAL_SSIM,
     "val_nonfinite_batches": VAL_NONFINITE,
+    "val_active_units": VAL_ACTIVE_UNITS,
     "test_loss": of("test", "loss"),
     "test_bpd": TEST_BPD,
     "test_nll_iw": TEST_NLL_IW,

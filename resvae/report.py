@@ -204,7 +204,9 @@ CSV_FIELDS = [
 
 def run_row(run: RunRecord) -> Row:
     """A run's table row: numbers as floats/ints or None, eval.json preferred for bits/dim."""
-    s, ev = run.summary, run.eval or {}
+    s = run.summary
+    # eval.json may hold another split (resvae-eval --split val|train): only test numbers go in test columns
+    ev = run.eval if run.eval and run.eval.get("split", "test") == "test" else {}
     curve_min = lambda curve: min((v for _, v in curve), default=None)  # noqa: E731
     seconds = _number(s.get("train_seconds"))
     likelihood = s.get("bpd_is_likelihood")

@@ -30,7 +30,7 @@ from typing import Any
 from filelock import FileLock, Timeout
 from omegaconf import DictConfig, OmegaConf
 
-from resvae.checkpointing import CHECKPOINT_TAG, read_checkpoint
+from resvae.checkpointing import CHECKPOINT_TAG, check_compatible, read_checkpoint
 from resvae.io import atomic_write_json, remove_partial_writes
 
 log = logging.getLogger("resvae.run")
@@ -43,6 +43,12 @@ WANDB_ID_FILE = "wandb/run_id"
 
 class RunFolderError(RuntimeError):
     """The run folder holds something this attempt must not overwrite, or is in use."""
+
+
+def end_status(error: BaseException) -> str:
+    """summary.json's status for an attempt ended by `error`: a signal (SystemExit) or Ctrl-C
+    interrupts a run that can be resumed; anything else fails it."""
+    return "interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "failed"
 
 
 def hashed_config(cfg: DictConfig | Mapping[str, Any], excludes: Iterable[str]) -> dict[str, Any]:
@@ -103,17 +109,17 @@ class Run:
         folder: Path,
         config: Mapping[str, Any],
         *,
-        checkpoint_dir: Path,
-        last_name: str = "last.ckpt",
+        last_checkpoint: Path,
         resume: str = "auto",
         test: bool = True,
         max_epochs: int | None = None,
     ) -> None:
+        """last_checkpoint: the path of the checkpoint callback that keeps the newest state."""
         self.folder = folder
         self.config = dict(config)
         self.config_hash = config_hash(self.config)
-        self.checkpoint_dir = checkpoint_dir
-        self.last_checkpoint = checkpoint_dir / last_name
+        self.checkpoint_dir = last_checkpoint.parent
+        self.last_checkpoint = last_checkpoint
         self.resume, self.test, self.max_epochs = resume, test, max_epochs
         self._lock = FileLock(folder / LOCK_FILE, timeout=0)
         self.summary: dict[str, Any] = {}
@@ -244,6 +250,23 @@ class Run:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(run_id + "\n")
         return run_id
+
+    def check_checkpoint(self, model_class: str, shape: Mapping[str, Any]) -> None:
+        """Refuse a checkpoint to resume from (or to test) of another model or architecture."""
+        if self.resume_from is None:
+            return
+        info = read_checkpoint(self.resume_from)[CHECKPOINT_TAG]
+        check_compatible(info, model_class, dict(shape), self.resume_from)
+        if self.todo == "test":
+            log.info("%s: training finished earlier; running the test only", self.folder)
+        else:
+            log.info("resuming from %s", self.resume_from)
+
+    def fail(self, error: BaseException, message: str) -> None:
+        """Record an attempt's end by `error` (failed, or interrupted by a signal); a finished
+        run's record stays as it was unless this attempt began to train it again."""
+        if self.todo == "train" and self.summary.get("status") != "finished":
+            self.write_summary(status=end_status(error), error=f"{type(error).__name__}: {message}")
 
     def write_summary(self, **fields: Any) -> None:
         self.summary.update(fields)

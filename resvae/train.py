@@ -30,8 +30,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from resvae import errors
 from resvae.callbacks import Preemption, RNGState, RunSummary, RunTag
-from resvae.callbacks.summary import end_status, finite_number
-from resvae.checkpointing import CHECKPOINT_TAG, AtomicCheckpointIO, check_compatible, read_checkpoint
+from resvae.callbacks.summary import finite_number
+from resvae.checkpointing import AtomicCheckpointIO, BackgroundCheckpointIO, read_checkpoint
 from resvae.config import config_dir
 from resvae.loggers import MetricsCSVLogger, finish_wandb
 from resvae.models import NonFiniteTrainingError
@@ -40,14 +40,16 @@ from resvae.run import Run, git_commit, hashed_config
 log = logging.getLogger("resvae.train")
 
 
-def open_run(cfg: DictConfig, folder: Path, ckpt: ModelCheckpoint) -> Run:
-    """The run in `folder`, locked, with this attempt's decision (see Run.open)."""
-    last = f"{ckpt.CHECKPOINT_NAME_LAST}{ckpt.FILE_EXTENSION}"
-    config = hashed_config(cfg, cfg.run.excludes)
-    return Run(
-        folder, config, checkpoint_dir=Path(ckpt.dirpath), last_name=last,
-        resume=str(cfg.resume), test=cfg.test, max_epochs=cfg.trainer.max_epochs,
-    ).open()  # fmt: skip
+def checkpoint_callbacks(callbacks: list[Any]) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """(best: the ModelCheckpoint that monitors val/loss, latest: the one that keeps the newest state)."""
+    best = [c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor]
+    latest = [c for c in callbacks if isinstance(c, ModelCheckpoint) and not c.monitor]
+    if len(best) != 1 or len(latest) != 1:
+        raise ValueError(
+            "callbacks: resvae-train needs one ModelCheckpoint with a monitor (callbacks.model_checkpoint, "
+            "best.ckpt) and one without (callbacks.last_checkpoint, last.ckpt: where reruns continue)"
+        )
+    return best[0], latest[0]
 
 
 def make_loggers(cfg: DictConfig, run: Run) -> list[Any]:
@@ -65,22 +67,44 @@ def make_loggers(cfg: DictConfig, run: Run) -> list[Any]:
     return loggers
 
 
-def best_to_test(ckpt: ModelCheckpoint, run: Run) -> str | None:
+def run_callbacks(cfg: DictConfig, run: Run, loggers: list[Any]) -> list[Any]:
+    """What the run folder's contract needs besides the configured callbacks."""
+    csv = [lg for lg in loggers if isinstance(lg, MetricsCSVLogger)]  # also a callback: rows in checkpoints
+    if run.todo == "test" and csv and run.last_checkpoint.is_file():  # keep the history it had
+        csv[0].restore_from(read_checkpoint(run.last_checkpoint))
+    provenance = {
+        "name": cfg.name, "protocol": cfg.protocol, "seed": cfg.seed, "run": run.folder.name,
+        "run_dir": str(run.folder), "overrides": list(HydraConfig.get().overrides.task),
+        "git_commit": git_commit(), "resumed_from": str(run.resume_from) if run.resume_from else None,
+    }  # fmt: skip
+    return [
+        *csv,
+        RunSummary(run, provenance),
+        RNGState(),
+        RunTag(run),
+        Preemption(run.last_checkpoint, cfg.run.signals),
+    ]
+
+
+def best_to_test(best: ModelCheckpoint, run: Run) -> str | None:
     """The best checkpoint by val/loss, or None when no epoch had a finite val/loss."""
-    if ckpt.best_model_path:  # this attempt trained
-        return ckpt.best_model_path if finite_number(ckpt.best_model_score) is not None else None
-    path = Path(ckpt.dirpath) / f"{ckpt.filename}{ckpt.FILE_EXTENSION}"  # a test-only attempt
+    if best.best_model_path:  # this attempt trained
+        return best.best_model_path if finite_number(best.best_model_score) is not None else None
+    path = Path(best.dirpath) / f"{best.filename}{best.FILE_EXTENSION}"  # a test-only attempt
     return str(path) if path.is_file() and run.summary.get("best_val_loss") is not None else None
 
 
 def train(cfg: DictConfig) -> float | None:
-    folder = Path(HydraConfig.get().runtime.output_dir)
     callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
-    ckpt = next(c for c in callbacks if isinstance(c, ModelCheckpoint))
-    run = open_run(cfg, folder, ckpt)
+    best, latest = checkpoint_callbacks(callbacks)
+    run = Run(
+        Path(HydraConfig.get().runtime.output_dir), hashed_config(cfg, cfg.run.excludes),
+        last_checkpoint=Path(latest.dirpath) / f"{latest.filename}{latest.FILE_EXTENSION}",
+        resume=str(cfg.resume), test=cfg.test, max_epochs=cfg.trainer.max_epochs,
+    ).open()  # fmt: skip
     if run.todo == "nothing":
         log.info(
-            "%s: this run already finished (%s epochs); nothing to do", folder, run.summary.get("epochs")
+            "%s: this run already finished (%s epochs); nothing to do", run.folder, run.summary.get("epochs")
         )
         run.close()
         return run.result()
@@ -92,51 +116,27 @@ def train(cfg: DictConfig) -> float | None:
         loggers = make_loggers(cfg, run)  # first, so that a failing job shows in W&B
         datamodule = instantiate(cfg.data)
         model = instantiate(cfg.model, _convert_="all")
-        if run.resume_from is not None:
-            info = read_checkpoint(run.resume_from)[CHECKPOINT_TAG]
-            check_compatible(info, type(model).__name__, model.shape_signature(), run.resume_from)
-        if run.todo == "test":
-            log.info("%s: training finished earlier; running the test only", folder)
-        elif run.resume_from is not None:
-            log.info("resuming from %s", run.resume_from)
-        csv = [lg for lg in loggers if isinstance(lg, MetricsCSVLogger)]  # also a callback
-        if run.todo == "test" and csv and run.last_checkpoint.is_file():
-            csv[0].restore_from(read_checkpoint(run.last_checkpoint))
+        run.check_checkpoint(type(model).__name__, model.shape_signature())
         if not loggers:  # Lightning refuses a LearningRateMonitor with nothing to log to
             callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-        provenance = {
-            "name": cfg.name, "protocol": cfg.protocol, "seed": cfg.seed, "run": folder.name,
-            "run_dir": str(folder), "overrides": list(HydraConfig.get().overrides.task),
-            "git_commit": git_commit(), "resumed_from": str(run.resume_from) if run.resume_from else None,
-        }  # fmt: skip
-        callbacks += [
-            *csv,
-            RunSummary(run, provenance),
-            RNGState(),
-            RunTag(run),
-            Preemption(run.last_checkpoint, cfg.run.signals),
-        ]
-        plugins: list[Any] = [AtomicCheckpointIO()]
+        plugins: list[Any] = [BackgroundCheckpointIO() if cfg.run.async_checkpoints else AtomicCheckpointIO()]
         if SLURMEnvironment.detect():  # submitit requeues; Lightning must not requeue as well
             plugins.append(SLURMEnvironment(auto_requeue=False))
         trainer: L.Trainer = instantiate(
-            cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=plugins
-        )
+            cfg.trainer, callbacks=[*callbacks, *run_callbacks(cfg, run, loggers)], logger=loggers or False,
+            plugins=plugins,
+        )  # fmt: skip
         if run.todo == "train":
             trainer.fit(model, datamodule=datamodule, ckpt_path=run.resume_from, weights_only=True)
             if run.summary.get("status") == "failed":  # diverged: RunSummary says how
                 raise NonFiniteTrainingError(run.summary["error"])
-        if cfg.test:
-            best = best_to_test(ckpt, run)
-            if best is None:
-                log.warning("no epoch had a finite val/loss: there is no checkpoint to test")
-            else:
-                trainer.test(model, datamodule=datamodule, ckpt_path=best, weights_only=True)
+        if cfg.test and (tested := best_to_test(best, run)) is not None:
+            trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True)
+        elif cfg.test:
+            log.warning("no epoch had a finite val/loss: there is no checkpoint to test")
         exit_code = 0
     except BaseException as err:
-        # a finished run's record stays as it was unless this attempt began to train it again
-        if run.todo == "train" and run.summary.get("status") != "finished":
-            run.write_summary(status=end_status(err), error=f"{type(err).__name__}: {errors.one_line(err)}")
+        run.fail(err, errors.one_line(err))
         raise
     finally:
         finish_wandb(exit_code)

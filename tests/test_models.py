@@ -25,7 +25,7 @@ from resvae.models.base import build_optimizer
 from resvae.models.likelihoods import to_signed_unit
 from resvae.models.loading import load_model
 from resvae.models.objectives import AEObjective, VAEObjective, gaussian_kl
-from resvae.models.step import DeviceMeans, TrainStep, guarded_update, supports_device_skip
+from resvae.models.step import DeviceMeans, TrainStep, supports_device_skip
 from resvae.nn import ArchConfig
 from tests.conftest import cpu_trainer
 
@@ -410,75 +410,93 @@ OPTIMIZERS = {
 }
 
 
+def toy_images(x: torch.Tensor) -> torch.Tensor:
+    """x [B, 4] -> uint8 images [B, 4, 2, 2] whose to_input() averages back to a function of x."""
+    return (x[:, :, None, None].expand(-1, -1, 2, 2).sigmoid() * 255).round().to(torch.uint8)
+
+
+class InfiniteGradient(torch.autograd.Function):
+    """The identity forward, an infinite gradient backward: a finite loss with inf gradients."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return torch.full_like(grad, float("inf"))
+
+
+def toy_step(net, opt, poison: dict, grad_clip=None, scale: float = 1.0) -> TrainStep:
+    """A TrainStep over the toy net; poison["mode"] makes the next closures non-finite."""
+
+    def objective_and_metrics(inputs):
+        assert inputs.dtype == torch.float32 and inputs.min() >= -1 and inputs.max() <= 1  # to_input
+        out = net(inputs.mean((2, 3)))
+        mode = poison.get("mode")
+        if mode == "inf-grad-only":
+            out = InfiniteGradient.apply(out)
+        loss = scale * out.pow(2).sum()
+        if mode == "nan-loss-and-grads":
+            loss = loss * float("nan")
+        elif mode == "inf-loss-only":
+            loss = loss + float("inf")
+        return loss, torch.stack([loss.detach(), 2 * loss.detach()])
+
+    step = TrainStep(("loss", "double"), grad_clip=grad_clip)
+    step.bind(objective_and_metrics, opt)
+    return step
+
+
 @pytest.mark.parametrize("name", list(OPTIMIZERS))
 @pytest.mark.parametrize("poison", ["nan-loss-and-grads", "inf-loss-only", "inf-grad-only"])
-def test_guarded_update_skips_nonfinite_updates(name, poison):
+def test_train_step_skips_nonfinite_updates(name, poison):
     net, x = _toy_problem()
     params = list(net.parameters())
     opt = OPTIMIZERS[name](params)
     assert supports_device_skip(opt) is name.endswith("fused")
-    steps = []
+    modes: dict = {}
+    step = toy_step(net, opt, modes)
+    images = toy_images(x)
+    updates = []
 
-    def step():
-        steps.append(1)
-        opt.step()
+    def update(closure=None):
+        updates.append(1)
+        return opt.step(closure)
 
-    # one good update first, so that the optimizer has state to protect
-    loss = net(x).pow(2).sum()
-    loss.backward()
-    norm = _grad_norm(params)
-    finite, grad_norm = guarded_update(opt, params, loss, None, step)
-    assert bool(finite) and float(grad_norm) == pytest.approx(norm, rel=1e-5)
-    opt.zero_grad()
+    step(images, update)  # one good update first, so that the optimizer has state to protect
+    assert int(step.skipped) == 0 and float(step.found_inf) == 0.0
     before = [p.detach().clone() for p in params]
     state = copy.deepcopy(opt.state_dict()["state"])
-
-    out = net(x).pow(2).sum()
-    if poison == "nan-loss-and-grads":
-        loss = out * float("nan")
-        loss.backward()
-    elif poison == "inf-loss-only":
-        loss = out + float("inf")
-        loss.backward()
-        assert all(torch.isfinite(p.grad).all() for p in params)
-    else:
-        loss = out
-        loss.backward()
-        params[0].grad[0, 0] = float("inf")
-    finite, _ = guarded_update(opt, params, loss, 1.0, step)
-    assert not bool(finite)
+    modes["mode"] = poison
+    step(images, update)
+    assert int(step.skipped) == 1 and float(step.found_inf) == 1.0
     assert all(torch.equal(a, b) for a, b in zip(before, params))
     assert _states_equal(state, opt.state_dict()["state"])
-    # the fused path always calls step() (the skip happens inside the kernel); the others don't
-    assert len(steps) == (2 if name.endswith("fused") else 1)
+    # the fused path always calls the update (the skip happens inside the kernel); the others don't
+    assert len(updates) == (2 if name.endswith("fused") else 1)
+    assert all(p.grad is None for p in params)  # cleared after each step, skipped or not
 
-    # and a finite update afterwards goes through
-    opt.zero_grad()
-    loss = net(x).pow(2).sum()
-    loss.backward()
-    finite, _ = guarded_update(opt, params, loss, 1.0, step)
-    assert bool(finite)
+    modes.clear()  # and a finite update afterwards goes through
+    step(images, update)
+    assert int(step.skipped) == 1 and int(step.consecutive) == 0
     assert not all(torch.equal(a, b) for a, b in zip(before, params))
 
 
-def test_guarded_update_clips_and_returns_the_unclipped_norm():
+def test_train_step_clips_and_records_the_unclipped_norm():
     net, x = _toy_problem(1)
     params = list(net.parameters())
     opt = torch.optim.SGD(params, lr=0.0)
-    loss = 100 * net(x).pow(2).sum()
-    loss.backward()
-    norm = _grad_norm(params)
-    assert norm > 1.0
-    finite, grad_norm = guarded_update(opt, params, loss, 0.5, opt.step)
-    assert bool(finite)
-    assert float(grad_norm) == pytest.approx(norm, rel=1e-5)
-    assert _grad_norm(params) == pytest.approx(0.5, rel=1e-4)
+    seen = []
+    opt.register_step_pre_hook(lambda o, a, k: seen.append(_grad_norm(params)))
+    step = toy_step(net, opt, {}, grad_clip=0.5, scale=100.0)
+    step(toy_images(x))
+    norm = step.means.compute()["grad_norm"].item()
+    assert norm > 1.0 and seen[-1] == pytest.approx(0.5, rel=1e-4)  # clipped before the update
     for limit in (None, 0.0):  # no clipping
-        opt.zero_grad()
-        loss = 100 * net(x).pow(2).sum()
-        loss.backward()
-        guarded_update(opt, params, loss, limit, opt.step)
-        assert _grad_norm(params) == pytest.approx(norm, rel=1e-5)
+        unclipped = toy_step(net, opt, {}, grad_clip=limit, scale=100.0)
+        unclipped(toy_images(x))
+        assert seen[-1] == pytest.approx(norm, rel=1e-5)
 
 
 def test_device_means_weighted():
@@ -546,42 +564,34 @@ def test_train_step_counts_skips_and_averages_applied_updates(optimizer):
     """TrainStep: one guarded update per call; skipped updates weigh zero in `means` and count in
     `skipped` / `consecutive`; the counters and sums are persistent buffers."""
     net, x = _toy_problem(2)
-    images = (x[:, :, None, None].expand(-1, -1, 2, 2).sigmoid() * 255).round().to(torch.uint8)
+    images = toy_images(x)
     if optimizer == "sgd-host-skip":
         opt = torch.optim.SGD(net.parameters(), lr=0.01)
     else:
         opt = torch.optim.Adam(net.parameters(), lr=0.01, fused=True)
-    poisoned = {"on": False}
-
-    def objective_and_metrics(inputs):
-        assert inputs.dtype == torch.float32 and inputs.min() >= -1 and inputs.max() <= 1  # to_input
-        loss = net(inputs.mean((2, 3))).pow(2).mean()
-        if poisoned["on"]:
-            loss = loss * float("nan")
-        return loss, torch.stack([loss.detach(), 2 * loss.detach()])
-
+    poison: dict = {}
     calls = []
-    step = TrainStep(("loss", "double"), grad_clip=None)
+    step = toy_step(net, opt, poison)
     assert step.means.names == ("loss", "double", "grad_norm")
     assert {"skipped", "consecutive", "means.sums", "means.weight", "means.nonfinite"} <= set(
         step.state_dict()
     )
-    step(objective_and_metrics, opt, images, step=lambda: calls.append(1) or opt.step())
+    step(images, update=lambda closure=None: calls.append(1) or opt.step(closure))
     first = {k: v.item() for k, v in step.means.compute().items()}
-    poisoned["on"] = True
+    poison["mode"] = "nan-loss-and-grads"
     before = [p.detach().clone() for p in net.parameters()]
     for _ in range(2):
-        step(objective_and_metrics, opt, images)
+        step(images)
     assert all(torch.equal(a, b) for a, b in zip(before, net.parameters()))  # no update applied
     assert int(step.skipped) == 2 and int(step.consecutive) == 2
     assert {k: v.item() for k, v in step.means.compute().items()} == first  # skipped steps weigh 0
     assert int(step.means.nonfinite) == 0
     assert first["double"] == pytest.approx(2 * first["loss"]) and first["grad_norm"] > 0
-    poisoned["on"] = False
-    step(objective_and_metrics, opt, images)
+    poison.clear()
+    step(images)
     assert int(step.skipped) == 2 and int(step.consecutive) == 0
     assert float(step.means.weight) == 2 * len(images)
-    assert calls == [1]  # the `step` callable applied the first update
+    assert calls == [1]  # the `update` callable applied the first update
     assert all(p.grad is None for p in net.parameters())  # gradients are cleared after each step
 
 

@@ -86,7 +86,7 @@ def test_non_finite_run_stops_keeps_last_good_checkpoint_and_fails_summary(tmp_p
     ckpt = ModelCheckpoint(
         dirpath=tmp_path / "checkpoints", filename="best", monitor="val/loss", save_last=True
     )
-    run = Run(tmp_path, {}, checkpoint_dir=tmp_path / "checkpoints")
+    run = Run(tmp_path, {}, last_checkpoint=tmp_path / "checkpoints" / "last.ckpt")
     trainer = cpu_trainer(
         max_epochs=5,
         callbacks=[ckpt, RunSummary(run)],

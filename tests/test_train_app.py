@@ -141,6 +141,12 @@ def test_smoke_run_writes_everything_a_run_promises(run_train, tmp_path: Path) -
     assert summary["blocks"] == [1, 1, 1, 1] and summary["params"] > 0
     assert summary["best_val_loss"] <= summary["val_loss"] + 1e-6
     assert summary["test_bpd"] > 0 and summary["images_per_second"] > 0
+    # testing best.ckpt (epoch 1 of 2 or earlier) does not roll the training record back to it
+    assert len(summary["epochs_timed"]) == 2
+    assert sum(e["train_seconds"] for e in summary["epochs_timed"]) == pytest.approx(
+        summary["train_seconds"], abs=0.01
+    )
+    assert summary["warmup_seconds"] > 0 and summary["val_active_units"] is not None
 
     rows = read_metrics(run_dir)
     val_epochs = [r["epoch"] for r in rows if r.get("val/loss")]

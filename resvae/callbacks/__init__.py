@@ -2,8 +2,18 @@
 
 from resvae.callbacks.checkpoint_state import RNGState, RunTag
 from resvae.callbacks.grids import SampleGrids
+from resvae.callbacks.posterior import KLHistogram
 from resvae.callbacks.preemption import Preempted, Preemption
 from resvae.callbacks.progress import ProgressLines
 from resvae.callbacks.summary import RunSummary
 
-__all__ = ["Preempted", "Preemption", "ProgressLines", "RNGState", "RunSummary", "RunTag", "SampleGrids"]
+__all__ = [
+    "KLHistogram",
+    "Preempted",
+    "Preemption",
+    "ProgressLines",
+    "RNGState",
+    "RunSummary",
+    "RunTag",
+    "SampleGrids",
+]

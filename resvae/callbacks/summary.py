@@ -19,7 +19,7 @@ import lightning as L
 import torch
 
 from resvae import metrics as keys
-from resvae.run import Run
+from resvae.run import Run, end_status
 
 
 def finite_number(value: Any) -> float | None:
@@ -27,12 +27,6 @@ def finite_number(value: Any) -> float | None:
         return None
     value = float(value.item()) if isinstance(value, torch.Tensor) else float(value)
     return value if math.isfinite(value) else None
-
-
-def end_status(error: BaseException) -> str:
-    """summary.json's status for a run ended by `error`: a signal (SystemExit) or Ctrl-C
-    interrupts a run that can be resumed; anything else fails it."""
-    return "interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "failed"
 
 
 class RunSummary(L.Callback):
@@ -44,7 +38,9 @@ class RunSummary(L.Callback):
         self._fitting = False
         self.train_seconds = self.val_seconds = 0.0
         self.images = 0
-        self.epochs_timed: list[dict[str, float]] = []  # per epoch: images, train and val seconds
+        self.epochs_timed: list[dict[str, float]] = []  # per epoch: images; train, val, checkpoint seconds
+        self._warmup: float | None = None
+        self._stage: str | None = None
         self.minima: dict[str, float] = {}
 
     def state_dict(self) -> dict[str, Any]:
@@ -56,7 +52,12 @@ class RunSummary(L.Callback):
             "minima": dict(self.minima),
         }
 
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        self._stage = stage
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if self._stage != "fit":  # testing best.ckpt must not roll the record back to it
+            return
         self.train_seconds = float(state_dict.get("train_seconds", 0.0))
         self.val_seconds = float(state_dict.get("val_seconds", 0.0))
         self.images = int(state_dict.get("images", 0))
@@ -65,14 +66,19 @@ class RunSummary(L.Callback):
 
     # ------------------------------------------------------------------ timing
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_start, self._epoch_val = time.perf_counter(), 0.0  # a resumed epoch has no start
+        self._train_start = self._epoch_start = time.perf_counter()  # a resumed epoch has no start
+        self._epoch_val, self._warmup = 0.0, None
+        self._epoch_checkpoint = _checkpoint_seconds(trainer)
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._epoch_start, self._epoch_val = time.perf_counter(), 0.0
+        self._epoch_checkpoint = _checkpoint_seconds(trainer)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
         self.images += len(batch)
         self._epoch_images += len(batch)
+        if self._warmup is None:  # the first step: compilation and graph capture included
+            self._warmup = time.perf_counter() - self._train_start
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._val_start = time.perf_counter()
@@ -86,13 +92,15 @@ class RunSummary(L.Callback):
         self.write(trainer, pl_module)
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        seconds = time.perf_counter() - self._epoch_start - self._epoch_val
+        checkpoint = _checkpoint_seconds(trainer) - self._epoch_checkpoint  # the time training waited
+        seconds = time.perf_counter() - self._epoch_start - self._epoch_val - checkpoint
         self.train_seconds += seconds
         self.epochs_timed.append(
             {
                 "images": self._epoch_images,
                 "train_seconds": round(seconds, 4),
                 "val_seconds": round(self._epoch_val, 4),
+                "checkpoint_seconds": round(checkpoint, 4),
             }
         )
         self._epoch_images = 0
@@ -133,6 +141,9 @@ class RunSummary(L.Callback):
                 compile=pl_module.options.compile,
                 compile_first_call_seconds=forward.first_call_seconds,
                 compile_fell_back=forward.fell_back,
+                captured=pl_module.step.graphed is not None,
+                warmup_seconds=None if self._warmup is None else round(self._warmup, 3),
+                peak_memory_gib=_peak_memory_gib(pl_module.device),
                 **self.minima,
             )
             ckpt = trainer.checkpoint_callback
@@ -183,6 +194,15 @@ class RunSummary(L.Callback):
 
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
+
+
+def _checkpoint_seconds(trainer: L.Trainer) -> float:
+    """Seconds training has waited for checkpoint writes so far (resvae's checkpoint IO counts them)."""
+    return float(getattr(trainer.strategy.checkpoint_io, "seconds", 0.0))
+
+
+def _peak_memory_gib(device: torch.device) -> float | None:
+    return round(torch.cuda.max_memory_allocated(device) / 2**30, 3) if device.type == "cuda" else None
 
 
 def _device_name(device: torch.device) -> str:

@@ -68,8 +68,8 @@ class DeviceBatches:
         start, self._resume_at = self._resume_state(epoch), None
         self._epoch_now = epoch
         for i in range(len(self)):
-            # the flip draw is made for every batch, skipped or not, so a resumed epoch matches
-            flips = torch.rand(self.batch_size, generator=generator, device=self.images.device) < 0.5
+            if self.flip:  # drawn for every batch, skipped or not, so a resumed epoch matches
+                flips = torch.rand(self.batch_size, generator=generator, device=self.images.device) < 0.5
             if i < start:
                 continue
             self._next_batch = i + 1

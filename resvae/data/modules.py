@@ -1,8 +1,10 @@
 """LightningDataModules whose images live on the training device as one uint8 tensor each.
 
 `ImageDataModule` holds train / val / test uint8 arrays [N, C, H, W], moves them to the
-trainer's device in `setup`, and serves `DeviceBatches` (random order and horizontal flips done
-on the device). Subclasses only say where the arrays come from.
+trainer's device in `setup`, and serves `DeviceBatches` (random order, on the device). Random
+horizontal flips of training images (`flip`) are part of the model's training step, so that a
+captured step holds them too (resvae.models.step.TrainStep). Subclasses only say where the
+arrays come from.
 """
 
 from __future__ import annotations
@@ -81,7 +83,7 @@ class ImageDataModule(L.LightningDataModule):
             self.splits[name],
             self.batch_size if train else self.val_batch_size,
             shuffle=train,
-            flip=train and self.flip,
+            flip=False,  # the training step flips (see the module docstring)
             drop_last=train and len(self.splits[name]) >= self.batch_size,
             seed=self.seed,
             epoch=(lambda: trainer.current_epoch) if trainer is not None else (lambda: 0),

@@ -20,13 +20,17 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 
 from resvae import metrics as keys
 from resvae.checkpointing import CHECKPOINT_TAG
+from resvae.models.capture import capture_step
 from resvae.models.compiled import COMPILE_MODES, CompiledOrEager
+from resvae.models.diagnostics import PosteriorStats
 from resvae.models.likelihoods import bits_per_dim
 from resvae.models.objectives import LatentObjective
 from resvae.models.step import DeviceMeans, TrainStep
 from resvae.nn import count_parameters
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
+CAPTURE_MODES = ("none", "cuda_graph")
+AUTOCAST = {"bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16, "16-mixed": torch.float16}
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
@@ -42,6 +46,7 @@ class StepOptions:
     max_consecutive_skips: int = 50  # stop the run after this many skipped updates in a row
     skip_check_every: int = 100  # steps between the host reads of the skip counter
     compile: str = "none"  # torch.compile mode of the forward (see compiled.py)
+    capture: str = "none"  # cuda_graph: replay the whole step's closure as a CUDA graph (capture.py)
     channels_last: bool | None = None  # null: True on CUDA (tensor-core convolutions)
 
     def __post_init__(self) -> None:
@@ -49,6 +54,10 @@ class StepOptions:
             raise ValueError(f"model.train_step.grad_clip must be >= 0 or null, got {self.grad_clip}")
         if self.max_consecutive_skips < 1 or self.skip_check_every < 1:
             raise ValueError("model.train_step.max_consecutive_skips and skip_check_every must be >= 1")
+        if self.capture not in CAPTURE_MODES:
+            raise ValueError(
+                f"unknown model.train_step.capture {self.capture!r}; choose one of {', '.join(CAPTURE_MODES)}"
+            )
         if self.compile not in COMPILE_MODES:
             raise ValueError(
                 f"unknown model.train_step.compile {self.compile!r}; choose one of {', '.join(COMPILE_MODES)}"
@@ -103,11 +112,13 @@ class LatentModel(L.LightningModule):
         self.step = TrainStep(names, self.options.grad_clip)
         self.val_means = DeviceMeans(names)
         self.test_means = DeviceMeans((*names, "nll_iw"))
+        self.val_posterior = PosteriorStats()  # active units and KL per latent dimension
         self.val_psnr = PeakSignalNoiseRatio(data_range=1.0)
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         self.image_dims = arch.in_channels * arch.image_size**2
         self.forward_fn = CompiledOrEager(objective.objective_and_metrics, "none")
         self._optimizer: Any = None  # Lightning's wrapper: its step() also counts global_step
+        self._capture_tried = False
 
     # ----------------------------------------------------------------- what the network is
     @property
@@ -195,13 +206,17 @@ class LatentModel(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt)}}
 
     def on_fit_start(self) -> None:
-        self.check_data_shape(getattr(self.trainer, "datamodule", None))
+        datamodule = getattr(self.trainer, "datamodule", None)
+        self.check_data_shape(datamodule)
+        self.step.flip = bool(getattr(datamodule, "flip", False))  # the data's augmentation
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.forward_fn = CompiledOrEager(self.objective.objective_and_metrics, self.options.compile)
 
     def on_train_start(self) -> None:
         self._optimizer = self.optimizers()
+        self.step.bind(self.forward_fn, self._optimizer.optimizer, self.channels_last)
+        self._capture_tried = False
         sched = self.lr_schedulers()
         if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):
             sched.T_max = max(1, self.trainer.max_epochs or 1)  # a resumed run may have a new max
@@ -218,8 +233,10 @@ class LatentModel(L.LightningModule):
             )
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        opt = self._optimizer
-        self.step(self.forward_fn, opt.optimizer, batch, self.channels_last, step=opt.step)
+        if self.options.capture == "cuda_graph" and not self._capture_tried:
+            self._capture_tried = True
+            capture_step(self.step, batch, [self.objective], AUTOCAST.get(str(self.trainer.precision)))
+        self.step(batch, update=self._optimizer.step)
         if (batch_idx + 1) % self.options.skip_check_every == 0:
             self._raise_if_diverged()
 
@@ -247,6 +264,7 @@ class LatentModel(L.LightningModule):
     # ----------------------------------------------------------------- validation and test
     def on_validation_epoch_start(self) -> None:
         self.val_means.reset()
+        self.val_posterior.reset()
         self.val_psnr.reset()
         self.val_ssim.reset()
 
@@ -254,6 +272,8 @@ class LatentModel(L.LightningModule):
         x = self.to_input(batch)
         terms = self.objective(x)
         self.val_means.add(self.objective.metric_values(terms), x.shape[0])
+        if terms.mu is not None and terms.logvar is not None:
+            self.val_posterior.update(terms.mu, terms.logvar)
         recon = (self.likelihood.point(terms.params) + 1) / 2
         target = (x.float() + 1) / 2
         self.val_psnr.update(recon, target)
@@ -266,6 +286,8 @@ class LatentModel(L.LightningModule):
         metrics[keys.VAL_PSNR] = self.val_psnr.compute()
         metrics[keys.VAL_SSIM] = self.val_ssim.compute()
         metrics[keys.VAL_NONFINITE] = self.val_means.nonfinite.float()
+        if self.val_posterior.count:  # posterior collapse shows here while a sweep runs
+            metrics[keys.VAL_ACTIVE_UNITS] = float(self.val_posterior.compute()["active_units"])
         self.log_dict(metrics)
         sched = self.lr_schedulers()
         if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau) and not self.trainer.sanity_checking:

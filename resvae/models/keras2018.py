@@ -53,7 +53,16 @@ class Keras2018Objective(VAEObjective):
         kl = gaussian_kl(mu, logvar).flatten(1).sum(1)
         penalty = self.net.l2_penalty().expand_as(kl)
         loss = recon + kl + penalty
-        return Terms(loss=loss, recon=recon, kl=kl, penalty=penalty, objective=loss.mean(), params=logits)
+        return Terms(
+            loss=loss,
+            recon=recon,
+            kl=kl,
+            penalty=penalty,
+            objective=loss.mean(),
+            params=logits,
+            mu=mu,
+            logvar=logvar,
+        )
 
 
 class Keras2018VAE(LatentModel):

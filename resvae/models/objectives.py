@@ -35,6 +35,8 @@ class Terms:
     params: torch.Tensor  # likelihood parameters [B, P, H, W]
     kl: torch.Tensor | None = None
     penalty: torch.Tensor | None = None  # a weight penalty inside `loss` (the study's L2), [B]
+    mu: torch.Tensor | None = None  # the posterior's mean and log-variance, of the latent shape
+    logvar: torch.Tensor | None = None
 
 
 def gaussian_kl(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
@@ -141,7 +143,9 @@ class VAEObjective(LatentObjective):
         if self.free_bits > 0:
             kl_opt = kl_opt.clamp(min=self.free_bits)
         objective = recon.mean() + self.kl_weight * kl_opt.sum()
-        return Terms(loss=recon + kl, recon=recon, kl=kl, objective=objective, params=params)
+        return Terms(
+            loss=recon + kl, recon=recon, kl=kl, objective=objective, params=params, mu=mu, logvar=logvar
+        )
 
     @torch.no_grad()
     def nll_iw(self, x: torch.Tensor, samples: int) -> torch.Tensor:

@@ -19,7 +19,7 @@ from torch import nn
 
 from resvae.models.objectives import LatentObjective
 
-ForwardFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+ForwardFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # x -> (objective, metrics)
 
 
 class DeviceMeans(nn.Module):
@@ -67,33 +67,17 @@ def supports_device_skip(optimizer: torch.optim.Optimizer) -> bool:
     )
 
 
-def guarded_update(
-    optimizer: torch.optim.Optimizer,
-    params: Sequence[torch.Tensor],
-    loss: torch.Tensor,
-    max_grad_norm: float | None,
-    step: Callable[[], object] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Clip, check, and update with `step()` (default `optimizer.step`; Lightning's wrapper of it
-    also counts the global step); returns (finite flag, unclipped grad norm) as device tensors."""
-    step = step or optimizer.step
-    limit = max_grad_norm if max_grad_norm and max_grad_norm > 0 else math.inf
-    grad_norm = torch.nn.utils.clip_grad_norm_(params, limit)
-    finite = torch.isfinite(grad_norm) & torch.isfinite(loss.detach())
-    if supports_device_skip(optimizer):
-        optimizer.found_inf = (~finite).float()  # type: ignore[attr-defined]
-        step()
-    elif bool(finite):  # this syncs: only for optimizers with no on-device skip
-        step()
-    return finite, grad_norm
-
-
 class TrainStep(nn.Module):
-    """uint8 (or [0, 1] float) images [B, C, H, W] -> one guarded update of `objective`.
+    """One guarded update of an objective from a batch of uint8 (or [0, 1] float) images.
 
-    Holds the training counters as buffers (they go into checkpoints with the module that owns
-    this step): `means` (batch means of the objective's metrics and the gradient norm, weighted
-    by the images of updates that were applied), `skipped` and `consecutive` skips.
+    `closure(images)` is the region a CUDA graph can hold: input conversion, random flips (when
+    `flip`), forward, loss, backward, clipping, the finite check (into `found_inf`, which the
+    fused optimizer's update reads) and the metric sums. `forward(images, update)` runs it
+    through `update(closure)`: the optimizer's step (or Lightning's wrapper of it, which also
+    counts the global step) calls the closure and then updates, unless `found_inf` is 1. The
+    training counters are buffers, so they go into checkpoints with the module that owns this
+    step: `means` (batch means of the objective's metrics and the gradient norm, weighted by the
+    images of applied updates), `skipped` and `consecutive` skips.
     """
 
     def __init__(self, metric_names: Sequence[str], grad_clip: float | None = None) -> None:
@@ -102,25 +86,61 @@ class TrainStep(nn.Module):
         self.means = DeviceMeans((*metric_names, "grad_norm"), persistent=True)
         self.register_buffer("skipped", torch.zeros((), dtype=torch.long))
         self.register_buffer("consecutive", torch.zeros((), dtype=torch.long))
+        self.register_buffer("found_inf", torch.zeros(()), persistent=False)
+        self._forward_fn: ForwardFn | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._params: list[torch.Tensor] = []
+        self._channels_last = False
+        self.flip = False  # set from the data module's `flip` when training starts
+        self.device_skip = False
+        self.graphed: Callable[[torch.Tensor], torch.Tensor] | None = None  # see capture.py
 
-    def forward(
-        self,
-        objective_and_metrics: ForwardFn,
-        optimizer: torch.optim.Optimizer,
-        images: torch.Tensor,
-        channels_last: bool = False,
-        step: Callable[[], object] | None = None,
+    @property
+    def optimizer(self) -> torch.optim.Optimizer:
+        assert self._optimizer is not None, "call bind() first"
+        return self._optimizer
+
+    def bind(
+        self, forward_fn: ForwardFn, optimizer: torch.optim.Optimizer, channels_last: bool = False
     ) -> None:
-        """`objective_and_metrics`: LatentObjective.objective_and_metrics, or a compiled copy;
-        `step`: what applies the update (default optimizer.step)."""
-        x = LatentObjective.to_input(images, channels_last)
-        objective, metrics = objective_and_metrics(x)
+        """`forward_fn`: LatentObjective.objective_and_metrics or a compiled copy of it."""
+        self._forward_fn, self._optimizer, self._channels_last = forward_fn, optimizer, channels_last
+        self._params = [p for group in optimizer.param_groups for p in group["params"]]
+        self.device_skip = supports_device_skip(optimizer)
+        if self.device_skip:
+            optimizer.found_inf = self.found_inf  # type: ignore[attr-defined]
+        self.graphed = None
+
+    def closure(self, images: torch.Tensor) -> torch.Tensor:
+        """Everything of a step but the parameter update; no host synchronisation."""
+        assert self._forward_fn is not None, "call bind() first"
+        x = LatentObjective.to_input(images, self._channels_last)
+        if self.flip:  # random horizontal flips, the data's augmentation
+            mirror = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
+            x = torch.where(mirror, x.flip(3), x)
+        objective, metrics = self._forward_fn(x)
         objective.backward()
-        params = [p for group in optimizer.param_groups for p in group["params"]]
-        finite, grad_norm = guarded_update(optimizer, params, objective, self.grad_clip, step)
-        optimizer.zero_grad(set_to_none=True)
+        limit = self.grad_clip if self.grad_clip and self.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self._params, limit)
+        finite = torch.isfinite(grad_norm) & torch.isfinite(objective.detach())
         skipped = (~finite).long()
+        self.found_inf.copy_(skipped)
         self.skipped.add_(skipped)
         self.consecutive.add_(skipped).mul_(skipped)
         values = torch.cat([metrics.detach().float(), grad_norm.detach().float().view(1)])
         self.means.add(values, finite.float() * x.shape[0])
+        return objective.detach()
+
+    def forward(self, images: torch.Tensor, update: Callable[..., object] | None = None) -> None:
+        optimizer = self.optimizer
+        update = update or optimizer.step
+        run = self.graphed or self.closure
+        if self.device_skip:
+            update(lambda: run(images))
+        else:
+            run(images)
+            if not bool(self.found_inf):  # this syncs: only for optimizers with no on-device skip
+                update()
+        if self.graphed is None:  # a graph owns its gradient buffers and overwrites them
+            for p in self._params:  # zero_grad(set_to_none=True) without its profiler ops
+                p.grad = None

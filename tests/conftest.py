@@ -15,6 +15,12 @@ import torch
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Two pytest workers share the cores: one intra-op thread each, here and in the training
+# subprocesses the tests start (small tensors run no faster on two, and oversubscribed cores run
+# 5-15x slower).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+torch.set_num_threads(1)
+
 # Fast, quiet end-to-end runs: the smoke experiment with fewer images.
 TINY = ["experiment=smoke", "data.train_size=128", "data.val_size=32", "data.test_size=32"]
 

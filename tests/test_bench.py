@@ -17,36 +17,26 @@ def test_bench_times_the_bare_loop_and_the_real_training_app(tmp_path: Path, cap
         [
             "experiment=smoke",
             "model.arch.width=2",
-            "--device",
-            "cpu",
-            "--depth",
-            "28",
-            "--batch",
-            "4",
-            "--steps",
-            "2",
-            "--warmup",
-            "1",
-            "--loops",
-            "bare",
-            "lightning",
-            "--data-images",
-            "256",
-            "--json",
-            str(out),
+            *("--device", "cpu", "--depth", "28", "--batch", "4", "--steps", "3", "--warmup", "1"),
+            *("--loops", "bare", "captured", "lightning", "--val-images", "16", "--json", str(out)),
         ]
     )
     rows = json.loads(out.read_text())
     by_loop = {r["loop"]: r for r in rows}
-    assert set(by_loop) == {"bare", "lightning", "data_path"}
+    assert set(by_loop) == {"bare", "lightning", "data_path"}  # captured: skipped without CUDA
     for loop in ("bare", "lightning"):
         row = by_loop[loop]
-        assert row["depth"] == 28 and row["batch"] == 4 and row["img_s"] > 0
-        assert row["gflop_img"] > 0 and row["epoch_50k_s"] == pytest.approx(50_000 / row["img_s"], rel=0.01)
-    assert 0 < by_loop["lightning"]["val_fraction"] < 1
+        assert row["depth"] == 28 and row["batch"] == 4 and row["img_s"] > 0 and row["gflop_img"] > 0
+        assert row["ms_step"] == pytest.approx(1e3 * 4 / row["img_s"], rel=0.01)
+    assert by_loop["bare"]["epoch_50k_s"] == pytest.approx(50_000 / by_loop["bare"]["img_s"], rel=0.01)
+    # the real loop's epoch includes validation (scaled to 10,000 images) and checkpoint waits
+    lightning = by_loop["lightning"]
+    assert lightning["epoch_50k_s"] > 50_000 / lightning["img_s"] and 0 < lightning["val_fraction"] < 1
+    assert lightning["warmup_s"] > 0 and lightning["captured"] is False
     assert by_loop["data_path"]["img_s"] > 0
     printed = capsys.readouterr().out
-    assert "| depth | batch | loop |" in printed and "lightning/bare" in printed
+    assert "| depth | batch | loop |" in printed and "lightning / bare" in printed
+    assert "captured: skipped (CUDA graphs need a GPU)" in printed
 
 
 def test_bench_flops_grow_with_depth_and_table_formats() -> None:
@@ -64,11 +54,11 @@ def test_bench_flops_grow_with_depth_and_table_formats() -> None:
     assert 0 < flops[0] < flops[1]
     table = format_table(
         [
-            {"depth": 28, "batch": 4, "loop": "bare", "img_s": 10.0},
-            {"depth": 28, "batch": 4, "loop": "lightning", "img_s": 9.0},
+            {"depth": 28, "batch": 4, "loop": "bare", "img_s": 10.0, "ms_step": 400.0},
+            {"depth": 28, "batch": 4, "loop": "lightning", "img_s": 9.0, "ms_step": 444.4},
         ]
     )
-    assert "lightning/bare 0.90x" in table
+    assert "lightning / bare = 0.90x img/s, 1.111x ms/step" in table
 
 
 def test_bench_rejects_bad_arguments() -> None:

@@ -45,7 +45,8 @@ class StepOptions:
     grad_clip: float | None = 200.0  # max gradient norm; null or 0 disables clipping
     max_consecutive_skips: int = 50  # stop the run after this many skipped updates in a row
     skip_check_every: int = 100  # steps between the host reads of the skip counter
-    compile: str = "none"  # torch.compile mode of the forward (see compiled.py)
+    compile: str = "none"  # torch.compile mode of the training forward (see compiled.py)
+    compile_eval: str = "none"  # torch.compile mode of validation's forward
     capture: str = "none"  # cuda_graph: replay the whole step's closure as a CUDA graph (capture.py)
     channels_last: bool | None = None  # null: True on CUDA (tensor-core convolutions)
 
@@ -58,10 +59,12 @@ class StepOptions:
             raise ValueError(
                 f"unknown model.train_step.capture {self.capture!r}; choose one of {', '.join(CAPTURE_MODES)}"
             )
-        if self.compile not in COMPILE_MODES:
-            raise ValueError(
-                f"unknown model.train_step.compile {self.compile!r}; choose one of {', '.join(COMPILE_MODES)}"
-            )
+        for name in ("compile", "compile_eval"):
+            if getattr(self, name) not in COMPILE_MODES:
+                raise ValueError(
+                    f"unknown model.train_step.{name} {getattr(self, name)!r}; "
+                    f"choose one of {', '.join(COMPILE_MODES)}"
+                )
 
 
 def build_optimizer(factory: OptimizerFactory, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -117,6 +120,7 @@ class LatentModel(L.LightningModule):
         self.val_ssim = StructuralSimilarityIndexMeasure(data_range=1.0)
         self.image_dims = arch.in_channels * arch.image_size**2
         self.forward_fn = CompiledOrEager(objective.objective_and_metrics, "none")
+        self.eval_fn = CompiledOrEager(objective.evaluate, "none")
         self._optimizer: Any = None  # Lightning's wrapper: its step() also counts global_step
         self._capture_tried = False
 
@@ -212,6 +216,7 @@ class LatentModel(L.LightningModule):
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
         self.forward_fn = CompiledOrEager(self.objective.objective_and_metrics, self.options.compile)
+        self.eval_fn = CompiledOrEager(self.objective.evaluate, self.options.compile_eval)
 
     def on_train_start(self) -> None:
         self._optimizer = self.optimizers()
@@ -270,11 +275,10 @@ class LatentModel(L.LightningModule):
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         x = self.to_input(batch)
-        terms = self.objective(x)
-        self.val_means.add(self.objective.metric_values(terms), x.shape[0])
-        if terms.mu is not None and terms.logvar is not None:
-            self.val_posterior.update(terms.mu, terms.logvar)
-        recon = (self.likelihood.point(terms.params) + 1) / 2
+        values, recon, mu, logvar = self.eval_fn(x)
+        self.val_means.add(values, x.shape[0])
+        if mu is not None and logvar is not None:
+            self.val_posterior.update(mu, logvar)
         target = (x.float() + 1) / 2
         self.val_psnr.update(recon, target)
         self.val_ssim.update(recon, target)

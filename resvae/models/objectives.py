@@ -84,6 +84,15 @@ class LatentObjective(nn.Module):
         terms = self(x)
         return terms.objective, self.metric_values(terms)
 
+    def evaluate(
+        self, x: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
+        """What validation reads from a batch, as plain tensors (so it can be compiled):
+        (metric_values, reconstruction in [0, 1], posterior mean, posterior log-variance)."""
+        terms = self(x)
+        point = (self.likelihood.point(terms.params) + 1) / 2
+        return self.metric_values(terms), point, terms.mu, terms.logvar
+
     def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
         """x -> the latent that represents it (posterior mean, or the code)."""
         raise NotImplementedError

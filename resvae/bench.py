@@ -79,21 +79,24 @@ def bare_loop(
     images = torch.randint(
         0, 256, (batch * (steps + warmup), 3, size, size), dtype=torch.uint8, device=device
     )
-    batches = list(DeviceBatches(images, batch, shuffle=True, drop_last=True))  # gathered, on the device
+    batches = DeviceBatches(images, batch, shuffle=True, drop_last=True)  # gathered as they are used
     dtype = AUTOCAST.get(precision)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype is not None else nullcontext()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     start = time.perf_counter()
     with autocast:
-        if capture and not capture_step(model.step, batches[0], [model.objective], dtype):
+        stream = iter(batches)
+        if capture and not capture_step(model.step, images[:batch], [model.objective], dtype):
             return {"skipped": "capture failed"}
-        for b in batches[:warmup]:
-            model.step(b)
+        model.step(next(stream))
         synchronize(device)
-        warm = time.perf_counter() - start
+        warm = time.perf_counter() - start  # capture and the first step, as the real loop reports it
+        for _ in range(warmup - 1):
+            model.step(next(stream))
+        synchronize(device)
         start = time.perf_counter()
-        for b in batches[warmup:]:
+        for b in stream:
             model.step(b)
         synchronize(device)
     seconds = time.perf_counter() - start
@@ -147,7 +150,7 @@ def lightning_run(
     epoch = EPOCH_IMAGES / img_s + val + last.get("checkpoint_seconds", 0.0)
     return {
         "img_s": img_s,
-        "ms_step": 1e3 * last["train_seconds"] * batch / last["images"],
+        "ms_step": last.get("step_ms") or 1e3 * last["train_seconds"] * batch / last["images"],
         "warmup_s": summary.get("warmup_seconds"),
         "peak_mem_gib": summary.get("peak_memory_gib"),
         "epoch_50k_s": epoch,

@@ -7,6 +7,7 @@ import netrc
 import os
 from collections.abc import Sequence
 from pathlib import Path
+from urllib.parse import urlparse
 
 import torch
 from omegaconf import OmegaConf
@@ -25,10 +26,13 @@ def auto_precision() -> str:
 
 
 def wandb_logged_in() -> bool:
+    """An API key in the environment, or a netrc entry for the W&B server in use (api.wandb.ai,
+    or a self-hosted one named by WANDB_BASE_URL), as `wandb login` writes it."""
     if os.environ.get("WANDB_API_KEY"):
         return True
+    host = urlparse(os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai").hostname or "api.wandb.ai"
     try:
-        auth = netrc.netrc(os.environ.get("NETRC")).authenticators("api.wandb.ai")
+        auth = netrc.netrc(os.environ.get("NETRC")).authenticators(host)
     except (FileNotFoundError, netrc.NetrcParseError, OSError):
         return False
     return bool(auth and auth[2])
@@ -76,11 +80,25 @@ def run_leaf(
     return leaf
 
 
+SWEEP_ENV = "RESVAE_SWEEP_FOLDER"
+
+
+def sweep_leaf(
+    overrides: Sequence[str], excluded: Sequence[str] = (), also_excluded: Sequence[str] = ()
+) -> str:
+    """A sweep folder's name: `run_leaf` of the sweep's command line. Hydra resolves the sweep
+    folder again in every job, with the job's own overrides, so the sweep's callback
+    (resvae.hydra_callbacks) fixes it for its jobs in the environment, where jobs in other
+    processes (submitit) find it too."""
+    return os.environ.get(SWEEP_ENV) or run_leaf(overrides, excluded, also_excluded)
+
+
 def register_resolvers() -> None:
     for name, fn in (
         ("auto_precision", auto_precision),
         ("wandb_offline", wandb_offline),
         ("run_leaf", run_leaf),
+        ("sweep_leaf", sweep_leaf),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -14,12 +14,12 @@ from __future__ import annotations
 import csv
 import io
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
 import lightning as L
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from resvae.io import atomic_write
@@ -114,11 +114,27 @@ def write_rows(path: Path, rows: list[Mapping[str, Any]]) -> None:
     atomic_write(path, lambda f: f.write(text.getvalue().encode()))
 
 
-def finish_wandb(exit_code: int) -> None:
-    """Close the W&B run (if any) with the job's exit code, so failures show as failed."""
+def wandb_summary_mirror(loggers: list[Any]) -> Callable[[dict[str, Any]], None] | None:
+    """A function that copies fields into the W&B run summary of each WandbLogger, if any."""
+    runs = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+    if not runs:
+        return None
+
+    def mirror(fields: dict[str, Any]) -> None:
+        for logger in runs:
+            logger.experiment.summary.update({k: v for k, v in fields.items() if v is not None})
+
+    return mirror
+
+
+def finish_wandb(exit_code: int, preempted: bool = False) -> None:
+    """Close the W&B run (if any) with the job's exit code, so failures show as failed; a run
+    stopped by the cluster is marked preempting (the requeued job continues the same W&B run)."""
     if "wandb" not in sys.modules:
         return
     import wandb
 
     if wandb.run is not None:
+        if preempted:
+            wandb.run.mark_preempting()
         wandb.finish(exit_code=exit_code)

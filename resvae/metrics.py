@@ -46,3 +46,10 @@ SUMMARY_FIELDS = {
 SUMMARY_MINIMA = {"min_train_loss": TRAIN_LOSS, "min_val_loss": VAL_LOSS, "min_val_bpd": VAL_BPD}
 # shown on each epoch's progress line
 PROGRESS = (TRAIN_LOSS, VAL_LOSS, VAL_BPD, VAL_PSNR)
+# summary.json fields a dashboard compares runs by (the W&B run summary gets them), rather than
+# the last epoch's values that W&B keeps by default
+DASHBOARD_FIELDS = (
+    "status", "network", "protocol", "depth", "layers", "width", "params", "epochs", "best_val_loss",
+    "best_epoch", "min_val_bpd", "min_train_loss", "min_val_loss", "test_bpd", "test_bpd_iw",
+    "images_per_second", "train_seconds", "stopped_early",
+)  # fmt: skip

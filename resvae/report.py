@@ -620,8 +620,9 @@ def log_report_to_wandb(sweep_dir: str | Path, project: str, group: str, entity:
 
         mode = "offline" if wandb_offline() else "online"
     wandb.init(
-        project=project, group=group, entity=entity, job_type="report", name=f"report-{group}", mode=mode
-    )
+        project=project, group=group, entity=entity, job_type="report", name=f"report-{group}", mode=mode,
+        dir=str(sweep_dir),  # the W&B run's files stay with the sweep (offline: synced from there)
+    )  # fmt: skip
     table = wandb.Table(columns=CSV_FIELDS, data=[[row.get(k) for k in CSV_FIELDS] for row in rows])
     wandb.log({"report/table": table, **{f"report/{p.stem}": wandb.Image(str(p)) for p in plots}})
     wandb.finish()

@@ -26,14 +26,15 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
 from resvae import errors
-from resvae.callbacks import Preemption, RNGState, RunSummary, RunTag
+from resvae.callbacks import Preempted, Preemption, RNGState, RunSummary, RunTag
 from resvae.callbacks.summary import finite_number
 from resvae.checkpointing import AtomicCheckpointIO, BackgroundCheckpointIO, read_checkpoint
 from resvae.config import config_dir
-from resvae.loggers import MetricsCSVLogger, finish_wandb
+from resvae.loggers import MetricsCSVLogger, finish_wandb, wandb_summary_mirror
 from resvae.models import NonFiniteTrainingError
 from resvae.run import Run, git_commit, hashed_config
 
@@ -77,13 +78,8 @@ def run_callbacks(cfg: DictConfig, run: Run, loggers: list[Any]) -> list[Any]:
         "run_dir": str(run.folder), "overrides": list(HydraConfig.get().overrides.task),
         "git_commit": git_commit(), "resumed_from": str(run.resume_from) if run.resume_from else None,
     }  # fmt: skip
-    return [
-        *csv,
-        RunSummary(run, provenance),
-        RNGState(),
-        RunTag(run),
-        Preemption(run.last_checkpoint, cfg.run.signals),
-    ]
+    summary = RunSummary(run, provenance, mirror=wandb_summary_mirror(loggers))
+    return [*csv, summary, RNGState(), RunTag(run), Preemption(run.last_checkpoint, cfg.run.signals)]
 
 
 def best_to_test(best: ModelCheckpoint, run: Run) -> str | None:
@@ -109,7 +105,7 @@ def train(cfg: DictConfig) -> float | None:
         run.close()
         return run.result()
 
-    exit_code = 1
+    exit_code, preempted = 1, False
     try:
         L.seed_everything(cfg.seed, workers=True)
         torch.set_float32_matmul_precision(cfg.matmul_precision)
@@ -136,16 +132,18 @@ def train(cfg: DictConfig) -> float | None:
             log.warning("no epoch had a finite val/loss: there is no checkpoint to test")
         exit_code = 0
     except BaseException as err:
+        preempted = isinstance(err, (Preempted, SIGTERMException))
         run.fail(err, errors.one_line(err))
         raise
     finally:
-        finish_wandb(exit_code)
+        finish_wandb(exit_code, preempted)
         run.close()
     return run.result()
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def main(cfg: DictConfig) -> float | None:
+    logging.captureWarnings(True)  # warnings go to the run's log file too
     try:
         return train(cfg)
     except errors.USER_ERRORS as err:

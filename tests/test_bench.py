@@ -27,7 +27,8 @@ def test_bench_times_the_bare_loop_and_the_real_training_app(tmp_path: Path, cap
     for loop in ("bare", "lightning"):
         row = by_loop[loop]
         assert row["depth"] == 28 and row["batch"] == 4 and row["img_s"] > 0 and row["gflop_img"] > 0
-        assert row["ms_step"] == pytest.approx(1e3 * 4 / row["img_s"], rel=0.01)
+        assert row["ms_step"] > 0
+    assert by_loop["bare"]["ms_step"] == pytest.approx(1e3 * 4 / by_loop["bare"]["img_s"], rel=0.01)
     assert by_loop["bare"]["epoch_50k_s"] == pytest.approx(50_000 / by_loop["bare"]["img_s"], rel=0.01)
     # the real loop's epoch includes validation (scaled to 10,000 images) and checkpoint waits
     lightning = by_loop["lightning"]

@@ -647,11 +647,59 @@ def test_bottleneck_inner_width_is_stage_width(width):
 def test_conv_layer_count_is_depth_and_matches_the_network(depth):
     blocks = depth_plan(depth)
     assert conv_layer_count(blocks, "bottleneck") == depth
-    for block, shortcut in (("bottleneck", "projection"), ("bottleneck", "gated"), ("basic", "identity")):
-        cfg = _tiny(depth, block=block, shortcut=shortcut)
+    for shortcut in ("projection", "gated"):
+        cfg = _tiny(depth, shortcut=shortcut)
         model = LatentAutoencoder(cfg, out_channels=3)
-        assert _main_path_weighted_layers(model) == conv_layer_count(blocks, block)
+        assert _main_path_weighted_layers(model) == conv_layer_count(blocks, "bottleneck") == cfg.layers
     assert conv_layer_count(blocks, "basic") == 4 * sum(blocks) + 4
+
+
+@pytest.mark.parametrize("depth", [20, 28, 40, 68, 100])
+@pytest.mark.parametrize("shortcut", ["identity", "none"])
+def test_basic_block_depth_counts_the_basic_network_layers(depth, shortcut):
+    """Depth means weighted main-path layers for basic blocks too: 4 * blocks + 4 (was 6n + 4)."""
+    cfg = _tiny(depth, block="basic", shortcut=shortcut)
+    assert cfg.depth == cfg.layers == depth
+    assert cfg.blocks == depth_plan(depth, "basic") == _largest_remainder((depth - 4) // 4)
+    assert 4 * sum(cfg.blocks) + 4 == depth
+    assert _main_path_weighted_layers(LatentAutoencoder(cfg, out_channels=3)) == depth
+
+
+def test_basic_block_plans_and_depth_of():
+    assert depth_plan(28, "basic") == (1, 2, 2, 1)  # 6 blocks
+    assert depth_plan(40, "basic") == (2, 2, 3, 2)  # 9 blocks
+    assert depth_plan(100, "basic") == (5, 6, 8, 5)  # 24 blocks
+    assert depth_plan(20, "basic") == (1, 1, 1, 1)  # the smallest
+    assert depth_of((1, 2, 2, 1), "basic") == 28 and depth_of((1, 2, 2, 1)) == 40
+    # the same plan rule: every valid basic depth, blocks grow monotonically
+    plans = [depth_plan(d, "basic") for d in range(20, 201, 4)]
+    for shallow, deep in itertools.pairwise(plans):
+        assert all(a <= b for a, b in zip(shallow, deep)) and sum(deep) == sum(shallow) + 1
+
+
+@pytest.mark.parametrize(
+    "depth,nearest",
+    [(70, {68, 72}), (19, {20}), (22, {20, 24}), (34, {32, 36}), (101, {100, 104}), (0, {20})],
+)
+def test_invalid_basic_depth_names_nearest_valid_basic_depths(depth, nearest):
+    assert set(nearest_valid_depths(depth, "basic")) == nearest
+    with pytest.raises(DepthError) as info:
+        ArchConfig(depth=depth, block="basic")
+    msg = str(info.value)
+    assert f"invalid depth {depth}" in msg and "basic" in msg
+    assert _numbers_after_nearest(msg) == nearest
+    for d in nearest:
+        assert ArchConfig(depth=d, block="basic", width=2).layers == d
+
+
+def test_explicit_blocks_give_the_depth_of_their_block_type():
+    assert ArchConfig(depth=None, blocks=(1, 2, 2, 1), block="basic").depth == 28
+    assert ArchConfig(depth=None, blocks=(1, 2, 2, 1)).depth == 40
+    with pytest.raises(DepthError) as info:
+        ArchConfig(depth=40, blocks=(1, 2, 2, 1), block="basic")
+    assert "model.arch.depth=28" in str(info.value) and "basic" in str(info.value)
+    with pytest.raises(DepthError, match="unknown block"):
+        depth_plan(28, "wide")
 
 
 def test_arch_config_from_keywords_converts_blocks():
@@ -671,7 +719,8 @@ def test_arch_config_network_layers_and_build():
     assert ArchConfig.network == cfg.network == "resnet"
     assert "network" not in asdict(cfg)  # a class attribute, not a config field
     assert cfg.layers == conv_layer_count(cfg.blocks, cfg.block) == 40
-    assert _tiny(40, block="basic").layers == conv_layer_count((1, 2, 2, 1), "basic") == 28
+    # depth and layers agree for basic blocks too: basic 40 is 9 blocks (2, 2, 3, 2)
+    assert _tiny(40, block="basic").layers == conv_layer_count((2, 2, 3, 2), "basic") == 40
     torch.manual_seed(0)
     built = cfg.build(out_channels=5, code_multiplier=2)
     torch.manual_seed(0)
@@ -830,3 +879,141 @@ def test_count_parameters_counts_every_parameter_once():
     shared = nn.Linear(3, 4)
     model = nn.Sequential(shared, nn.ReLU(), shared, nn.Conv2d(1, 2, 3, bias=False))
     assert count_parameters(model) == 3 * 4 + 4 + 2 * 9
+
+
+# --------------------------------------------------------------------------------------------------
+# 8. shortcut dropout, the shortcut path (lesions) and changes_shape
+
+
+def test_shortcut_dropout_is_classic_dropout_on_the_shortcut():
+    """Training: each shortcut element kept (unscaled) with probability 1 - p; evaluation: the
+    shortcut times 1 - p, its expected scale (He et al. 2016's dropout shortcut)."""
+    opts = BlockOptions(block="basic", shortcut_dropout=0.5, norm="none", zero_init_last=True)
+    block = ResidualBlock(8, 8, "none", opts)  # zero branch: the output is the shortcut alone
+    x = torch.randn(4, 8, 6, 6).abs() + 0.1
+    block.train()
+    kept = block(x) / x
+    assert set(kept.unique().tolist()) <= {0.0, 1.0}
+    assert 0.35 < kept.mean().item() < 0.65
+    block.eval()
+    torch.testing.assert_close(block(x), 0.5 * x)
+    assert BlockOptions().shortcut_dropout == 0.0
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="shortcut_dropout"):
+            BlockOptions(shortcut_dropout=bad)
+
+
+def test_arch_config_takes_shortcut_dropout():
+    cfg = _tiny(28, shortcut_dropout=0.5)
+    model = LatentAutoencoder(cfg, out_channels=3)
+    assert all(b.shortcut_dropout == 0.5 for b in model.modules() if isinstance(b, ResidualBlock))
+
+
+@pytest.mark.parametrize("preact", [True, False])
+@pytest.mark.parametrize("shortcut", ["identity", "projection", "gated", "scaled"])
+def test_shortcut_path_is_the_merge_with_a_zero_branch(shortcut, preact):
+    opts = BlockOptions(block="basic", preact=preact, shortcut=shortcut, norm="none", zero_init_last=False)
+    block = ResidualBlock(8, 8, "none", opts).eval()
+    x = torch.randn(2, 8, 6, 6)
+    with torch.no_grad():
+        s = block.shortcut(x)
+        expected = {
+            "identity": x,
+            "projection": s,
+            "scaled": 0.5 * x,
+            "gated": s * torch.sigmoid(block.gate(s)) if block.gate is not None else None,
+        }[shortcut]
+        torch.testing.assert_close(block.shortcut_path(x), expected)
+        # and it is what the block computes when its branch outputs zero (before any post-act)
+        block.out_act = None
+        for p in block.branch.parameters():
+            p.zero_()
+        torch.testing.assert_close(block(x), block.shortcut_path(x))
+
+
+def test_changes_shape_and_plain_shortcut_path():
+    plain = BlockOptions(shortcut="none")
+    assert not ResidualBlock(16, 16, "none", plain).changes_shape
+    assert ResidualBlock(16, 32, "none", plain).changes_shape
+    assert ResidualBlock(16, 16, "down", plain).changes_shape
+    assert ResidualBlock(16, 16, "up", BlockOptions()).changes_shape
+    x = torch.randn(2, 16, 4, 4)
+    assert torch.equal(ResidualBlock(16, 16, "none", plain).shortcut_path(x), x)  # deleted: identity
+    with pytest.raises(ValueError, match="changes the shape"):
+        ResidualBlock(16, 16, "down", plain).shortcut_path(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# 9. the MLP network of Residual blocks (resvae/nn/mlp.py)
+
+
+def _mlp(**kw):
+    from resvae.nn.mlp import MLPArchConfig
+
+    kw.setdefault("width", 8)
+    kw.setdefault("latent_dim", 4)
+    kw.setdefault("image_size", 8)
+    return MLPArchConfig(**kw)
+
+
+def _mlp_main_path_linears(net: nn.Module) -> int:
+    gates = {id(m.gate) for m in net.modules() if isinstance(m, Residual) and m.gate is not None}
+    return sum(isinstance(m, nn.Linear) and id(m) not in gates for m in net.modules())
+
+
+@pytest.mark.parametrize("merge", ["sum", "gated", "none"])
+@pytest.mark.parametrize("depth,block_layers,blocks", [(28, 2, 6), (40, 2, 9), (100, 2, 24), (70, 1, 33)])
+def test_mlp_depth_blocks_and_layers_agree(depth, block_layers, blocks, merge):
+    from resvae.nn import ARCHS, MLPArchConfig
+    from resvae.nn.mlp import MLPBlock
+
+    cfg = _mlp(depth=depth, block_layers=block_layers, merge=merge)
+    assert cfg.blocks == blocks and cfg.depth == cfg.layers == depth
+    assert MLPArchConfig.network == "mlp" and ARCHS["MLPArchConfig"] is MLPArchConfig
+    net = cfg.build(out_channels=5, code_multiplier=2)
+    assert _mlp_main_path_linears(net) == depth
+    units = [m for m in net.encoder.blocks] + [m for m in net.decoder.blocks]
+    assert len(units) == 2 * blocks
+    if merge == "none":
+        assert all(isinstance(u, MLPBlock) for u in units)
+    else:
+        assert all(isinstance(u, Residual) and u.merge == merge for u in units)
+    with torch.no_grad():
+        assert net.encode(torch.randn(3, 3, 8, 8)).shape == (3, 8)
+        assert net.decode(torch.randn(3, 4)).shape == (3, 5, 8, 8)
+    assert net.latent_shape == (4,)
+
+
+def test_mlp_zero_init_blocks_start_as_the_identity():
+    cfg = _mlp(depth=16, merge="sum")
+    net = cfg.build(out_channels=3, code_multiplier=1)
+    h = torch.randn(4, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(net.encoder.blocks(h), h)
+    gated = _mlp(depth=16, merge="gated", gate_bias=2.0).build(3, 1)
+    with torch.no_grad():  # zero branch: g * x with g = sigmoid(2) everywhere
+        torch.testing.assert_close(gated.encoder.blocks[0](h), torch.sigmoid(torch.tensor(2.0)) * h)
+
+
+@pytest.mark.parametrize("depth,nearest", [(70, {68, 72}), (6, {8}), (30, {28, 32})])
+def test_mlp_invalid_depth_names_nearest(depth, nearest):
+    with pytest.raises(DepthError) as info:
+        _mlp(depth=depth)
+    msg = str(info.value)
+    assert f"invalid depth {depth}" in msg
+    assert _numbers_after_nearest(msg.split("(or")[0]) == nearest
+
+
+def test_mlp_config_errors():
+    from resvae.nn.mlp import mlp_arch
+
+    with pytest.raises(ValueError, match="merge"):
+        _mlp(merge="concat")
+    with pytest.raises(ValueError, match="model.arch.width"):
+        _mlp(width=0)
+    with pytest.raises(DepthError, match="model.arch.depth=40"):
+        _mlp(depth=28, blocks=9)
+    assert _mlp(depth=None, blocks=9).depth == 40
+    with pytest.raises(ValueError, match="options of the ResNet"):
+        mlp_arch(width=8, shortcut="none", preact=False)
+    assert mlp_arch(width=8).width == 8

@@ -238,7 +238,7 @@ def test_wandb_offline_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     report.log_report_to_wandb(sweep, project="resvae-test", group="depth_sweep")
-    (run_dir,) = (tmp_path / "wandb").glob("offline-run-*")
+    (run_dir,) = (sweep / "wandb").glob("offline-run-*")  # with the sweep
     assert list(run_dir.glob("run-*.wandb"))
     tables = list(run_dir.glob("files/media/table/**/*.table.json"))
     assert len(tables) == 1
@@ -255,7 +255,9 @@ def chromium() -> str:
     return path
 
 
-def test_html_in_headless_chromium(sweep: Path) -> None:
+def open_in_chromium(html: Path) -> tuple[list[str], list[str], list]:
+    """(console errors and failed requests, the table's first cells, [src, complete, naturalWidth]
+    of every image) of `html` in headless Chromium; skips the test where no browser runs."""
     sync_api = pytest.importorskip("playwright.sync_api")
     executable = chromium()
     errors: list[str] = []
@@ -272,13 +274,18 @@ def test_html_in_headless_chromium(sweep: Path) -> None:
             )
             page.on("pageerror", lambda e: errors.append(f"page error: {e}"))
             page.on("requestfailed", lambda r: errors.append(f"failed request: {r.url} {r.failure}"))
-            page.goto((sweep / "report.html").as_uri(), wait_until="load")
+            page.goto(html.as_uri(), wait_until="load")
             first_cells = page.locator("table.runs tbody tr td.run").all_inner_texts()
             images = page.evaluate(
                 "Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
             )
         finally:
             browser.close()
+    return errors, first_cells, images
+
+
+def test_html_in_headless_chromium(sweep: Path) -> None:
+    errors, first_cells, images = open_in_chromium(sweep / "report.html")
     assert errors == []
     runs = [*FINISHED, FAILED, MALFORMED, NO_SUMMARY]
     assert [c for c in first_cells if not c.startswith("depth ")] == runs

@@ -10,8 +10,10 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+from resvae.checkpointing import read_checkpoint
 from resvae.config import config_dir
 from tests.conftest import TINY, only_run_dir, run_dirs
+from tests.test_report import open_in_chromium
 
 EXPERIMENTS = sorted(p.stem for p in (config_dir() / "experiment").glob("*.yaml"))
 SUMMARY_KEYS = {
@@ -49,7 +51,19 @@ MODELS = sorted(p.stem for p in (config_dir() / "model").glob("*.yaml"))
 # (experiment, data, model) combinations that are refused on purpose, with the words of the error:
 # depth_sweep sets the suite's likelihood, which the study's network (model=keras2018) has not
 EXCLUDED: dict[tuple[str, str, str], str] = {
-    ("depth_sweep", data, "keras2018"): "likelihood" for data in ("cifar10", "synthetic")
+    **{("depth_sweep", data, "keras2018"): "likelihood" for data in ("cifar10", "synthetic")},
+    # the experiments about the ResNet's blocks (shortcuts, pre-activation) need model=vae or ae
+    **{
+        (e, d, m): "of the ResNet (network=resnet)"
+        for e in ("degradation", "identity_mappings")
+        for d in ("cifar10", "synthetic")
+        for m in ("mlp_vae", "mlp_ae")
+    },
+    **{
+        (e, d, "keras2018"): "unexpected keyword argument"
+        for e in ("degradation", "identity_mappings")
+        for d in ("cifar10", "synthetic")
+    },
 }
 
 
@@ -147,6 +161,10 @@ def test_smoke_run_writes_everything_a_run_promises(run_train, tmp_path: Path) -
         summary["train_seconds"], abs=0.01
     )
     assert summary["warmup_seconds"] > 0 and summary["val_active_units"] is not None
+    # each checkpoint names the run's config too (how a folder whose summary.json is lost is checked)
+    for name in ("last.ckpt", "best.ckpt"):
+        tag = read_checkpoint(run_dir / "checkpoints" / name)["resvae"]
+        assert tag["run"]["config_hash"] == summary["config_hash"] and tag["model_class"] == "VAE"
 
     rows = read_metrics(run_dir)
     val_epochs = [r["epoch"] for r in rows if r.get("val/loss")]
@@ -182,8 +200,13 @@ def test_depth_multirun_writes_one_folder_per_job(run_train, tmp_path: Path) -> 
         assert summary["depth"] == depth and summary["blocks"] == blocks
         assert (job / "checkpoints" / "best.ckpt").is_file()
     assert "2 job(s)" in proc.stdout
-    sweep = tmp_path / "outputs" / "smoke" / "multirun"
-    assert (sweep / "report.html").is_file() and (sweep / "report.md").is_file()
+    (sweep,) = (tmp_path / "outputs" / "smoke" / "multirun").glob("*/multirun.yaml")  # this sweep's folder
+    sweep = sweep.parent
+    assert {p.name for p in jobs.values()} <= {p.name for p in sweep.iterdir()}
+    # the sweep's report, as a user opens it: every job's row, every image loaded, no errors
+    errors, first_cells, images = open_in_chromium(sweep / "report.html")
+    assert errors == [] and sorted(first_cells) == sorted(jobs)
+    assert images and all(complete and width > 0 for _, complete, width in images), images
 
 
 @pytest.mark.slow

@@ -10,8 +10,9 @@ as null (JSON has no NaN) and never pass for a result.
 from __future__ import annotations
 
 import math
+import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from typing import Any
 
@@ -30,16 +31,26 @@ def finite_number(value: Any) -> float | None:
 
 
 class RunSummary(L.Callback):
-    def __init__(self, run: Run, extra: Mapping[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        run: Run,
+        extra: Mapping[str, Any] | None = None,
+        mirror: Callable[[dict[str, Any]], None] | None = None,
+    ) -> None:
+        """mirror: also receives the dashboard's fields after each write (the W&B run summary)."""
         self.run = run
+        self.mirror = mirror
         self.extra = dict(extra or {})
-        self._epoch_start = self._val_start = self._epoch_val = 0.0
-        self._epoch_images = 0
+        self._segment_start = self._val_start = self._train_start = 0.0
+        self._epoch: dict[str, Any] | None = None
+        self._epoch_checkpoint = 0.0
         self._fitting = False
         self.train_seconds = self.val_seconds = 0.0
         self.images = 0
         self.epochs_timed: list[dict[str, float]] = []  # per epoch: images; train, val, checkpoint seconds
         self._warmup: float | None = None
+        self._last_batch_end: float | None = None
+        self._step_seconds: list[float] = []
         self._stage: str | None = None
         self.minima: dict[str, float] = {}
 
@@ -65,51 +76,84 @@ class RunSummary(L.Callback):
         self.minima = dict(state_dict.get("minima", {}))
 
     # ------------------------------------------------------------------ timing
+    # Training time is added up segment by segment (up to a validation, after it), and an
+    # epoch's entry is made at its end-of-epoch validation, before the checkpoint written there:
+    # a run resumed from that checkpoint neither loses nor repeats the epoch's time.
+    def _new_epoch(self, epoch: int) -> dict[str, Any]:
+        return {"epoch": epoch, "images": 0, "train_seconds": 0.0, "val_seconds": 0.0}
+
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._train_start = self._epoch_start = time.perf_counter()  # a resumed epoch has no start
-        self._epoch_val, self._warmup = 0.0, None
+        self._train_start = self._segment_start = time.perf_counter()
+        self._warmup = None
         self._epoch_checkpoint = _checkpoint_seconds(trainer)
+        self._last_batch_end, self._step_seconds = None, []
+        closed = bool(self.epochs_timed) and self.epochs_timed[-1]["epoch"] == trainer.current_epoch
+        self._epoch = None if closed else self._new_epoch(trainer.current_epoch)  # resumed mid-epoch
 
     def on_train_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._epoch_start, self._epoch_val = time.perf_counter(), 0.0
+        self._segment_start = time.perf_counter()
+        self._epoch = self._new_epoch(trainer.current_epoch)
         self._epoch_checkpoint = _checkpoint_seconds(trainer)
+        self._last_batch_end, self._step_seconds = None, []
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:  # noqa: ANN001
+        now = time.perf_counter()
         self.images += len(batch)
-        self._epoch_images += len(batch)
+        if self._epoch is not None:
+            self._epoch["images"] += len(batch)
         if self._warmup is None:  # the first step: compilation and graph capture included
-            self._warmup = time.perf_counter() - self._train_start
+            self._warmup = now - self._train_start
+        elif self._last_batch_end is not None:  # steady state: one step and the loop around it
+            self._step_seconds.append(now - self._last_batch_end)
+        self._last_batch_end = now
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._val_start = time.perf_counter()
+        if not trainer.sanity_checking and trainer.state.fn == "fit":
+            self.train_seconds += self._val_start - self._segment_start
+            if self._epoch is not None:
+                self._epoch["train_seconds"] += self._val_start - self._segment_start
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking or trainer.state.fn != "fit":
             return
-        seconds = time.perf_counter() - self._val_start
-        self.val_seconds += seconds
-        self._epoch_val += seconds
+        now = time.perf_counter()
+        self.val_seconds += now - self._val_start
+        if self._epoch is not None:
+            self._epoch["val_seconds"] += now - self._val_start
+            if trainer.global_step % max(int(trainer.num_training_batches), 1) == 0:  # the epoch's end
+                self._close_epoch()
+        self._segment_start = now
         self.write(trainer, pl_module)
+
+    def _close_epoch(self) -> None:
+        entry = {k: round(v, 4) if isinstance(v, float) else v for k, v in (self._epoch or {}).items()}
+        # batch end to batch end within the epoch: a step with the loop's work around it
+        entry["step_ms"] = round(1e3 * statistics.mean(self._step_seconds), 4) if self._step_seconds else None
+        self.epochs_timed = [*self.epochs_timed[-19:], entry]
+        self._epoch = None
 
     def on_train_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         checkpoint = _checkpoint_seconds(trainer) - self._epoch_checkpoint  # the time training waited
-        seconds = time.perf_counter() - self._epoch_start - self._epoch_val - checkpoint
+        seconds = time.perf_counter() - self._segment_start - checkpoint
         self.train_seconds += seconds
-        self.epochs_timed.append(
-            {
-                "images": self._epoch_images,
-                "train_seconds": round(seconds, 4),
-                "val_seconds": round(self._epoch_val, 4),
-                "checkpoint_seconds": round(checkpoint, 4),
-            }
-        )
-        self._epoch_images = 0
+        if self._epoch is not None:  # no validation at this epoch's end: it closes here
+            self._epoch["train_seconds"] += seconds
+            self._close_epoch()
+        elif self.epochs_timed and self.epochs_timed[-1]["epoch"] == trainer.current_epoch:
+            self.epochs_timed[-1]["train_seconds"] = round(
+                self.epochs_timed[-1]["train_seconds"] + seconds, 4
+            )
+        if self.epochs_timed and self.epochs_timed[-1]["epoch"] == trainer.current_epoch:
+            self.epochs_timed[-1]["checkpoint_seconds"] = round(checkpoint, 4)
 
     def _track_minima(self, trainer: L.Trainer) -> None:
         for field, key in keys.SUMMARY_MINIMA.items():
             value = finite_number(trainer.callback_metrics.get(key))
             if value is not None and value < self.minima.get(field, math.inf):
                 self.minima[field] = value
+                if key == keys.VAL_LOSS:
+                    self.minima["best_epoch"] = trainer.current_epoch
 
     # ------------------------------------------------------------------ writing
     def _collect(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:
@@ -158,6 +202,8 @@ class RunSummary(L.Callback):
     def write(self, trainer: L.Trainer, pl_module: L.LightningModule, **fields: Any) -> None:
         if trainer.is_global_zero:
             self.run.write_summary(**self._collect(trainer, pl_module), **fields)
+            if self.mirror is not None:
+                self.mirror({k: self.run.summary.get(k) for k in keys.DASHBOARD_FIELDS})
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fitting = True

@@ -317,15 +317,17 @@ class LatentModel(L.LightningModule):
 
     # ----------------------------------------------------------------- checkpoints
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint[CHECKPOINT_TAG] = {
-            "model_class": type(self).__name__,
-            "arch_class": type(self.arch).__name__,
-            "arch": asdict(self.arch),
-            "hparams": dict(self.hparams),
-            "likelihood": self.likelihood.name,
-            "n_mix": self.hparams.get("n_mix"),
-            "valid_bpd": self.bpd_is_likelihood,
-        }
+        checkpoint.setdefault(CHECKPOINT_TAG, {}).update(
+            {  # the run's callbacks add to it too
+                "model_class": type(self).__name__,
+                "arch_class": type(self.arch).__name__,
+                "arch": asdict(self.arch),
+                "hparams": dict(self.hparams),
+                "likelihood": self.likelihood.name,
+                "n_mix": self.hparams.get("n_mix"),
+                "valid_bpd": self.bpd_is_likelihood,
+            }
+        )
         # torch.compile wraps modules as `_orig_mod`: save the plain names so an uncompiled
         # model loads the checkpoint.
         state = checkpoint.get("state_dict", {})

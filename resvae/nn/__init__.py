@@ -2,6 +2,7 @@
 
 from resvae.nn.blocks import BlockOptions, ResidualBlock
 from resvae.nn.keras2018 import Keras2018Config, Keras2018Net
+from resvae.nn.mlp import MLPArchConfig
 from resvae.nn.network import (
     ArchConfig,
     LatentAutoencoder,
@@ -14,7 +15,7 @@ from resvae.nn.plan import DepthError, depth_plan, nearest_valid_depths
 from resvae.nn.residual import Residual
 
 # network configs by name: checkpoints name theirs, and loading looks them up here
-ARCHS = {"ArchConfig": ArchConfig, "Keras2018Config": Keras2018Config}
+ARCHS = {"ArchConfig": ArchConfig, "Keras2018Config": Keras2018Config, "MLPArchConfig": MLPArchConfig}
 
 __all__ = [
     "ARCHS",
@@ -24,6 +25,7 @@ __all__ = [
     "Keras2018Config",
     "Keras2018Net",
     "LatentAutoencoder",
+    "MLPArchConfig",
     "ResNetDecoder",
     "ResNetEncoder",
     "Residual",

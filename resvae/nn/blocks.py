@@ -8,6 +8,10 @@ A block computes  out = merge(shortcut(x), branch(x))  and, when post-activated,
 - shortcut: "identity" (a 1x1 projection only where shapes change), "projection" (always 1x1),
   "gated" (highway: s(x) * g + f(x) * (1 - g), g = sigmoid(1x1 conv of s(x))), "scaled"
   (shortcut_scale * s(x) + f(x)) and "none" (out = f(x): a plain network of the same depth).
+- shortcut_dropout: p > 0 drops each element of the shortcut's output s(x) with probability p
+  while training, without rescaling, and scales it by 1 - p in evaluation: classic (not inverted)
+  dropout, so the shortcut carries an expected scale 1 - p, the "dropout shortcut" of He et al.
+  2016 (identity mappings, Table 1: p = 0.5). No effect with shortcut="none".
 - resample: "down" halves the resolution (stride-2 3x3 conv), "up" doubles it with a transposed
   conv (kernel 4, stride 2: kernel divisible by stride) or, with upsample="resize",
   nearest-neighbour resize then a 3x3 conv.
@@ -16,6 +20,11 @@ A block computes  out = merge(shortcut(x), branch(x))  and, when post-activated,
   conv with norm="none"). Pre-activation: the last conv, as the last norm sits before it and a
   zero norm output would sit where ReLU's gradient is zero and never train. Ignored for
   shortcut="none", where it would cut the only path through the network.
+
+`shortcut_path(x)` is what a block computes with its residual branch deleted (Veit et al. 2016's
+lesion): merge(shortcut(x), 0) without the post-activation, i.e. x for an identity shortcut,
+the projection for a projection, lambda * x when scaled, g * x when gated; `changes_shape` tells
+the blocks that resample or change width (a lesion study skips those).
 """
 
 from __future__ import annotations
@@ -46,6 +55,7 @@ class BlockOptions:
     zero_init_last: bool = True
     upsample: str = "transposed"
     gate_bias: float = 1.0  # initial gate logit of the highway shortcut: > 0 favours the carry
+    shortcut_dropout: float = 0.0  # classic dropout on the shortcut's output (see the docstring)
 
     def __post_init__(self) -> None:
         for name, value, allowed in (
@@ -57,6 +67,8 @@ class BlockOptions:
         ):
             if value not in allowed:
                 raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(allowed)}")
+        if not 0.0 <= self.shortcut_dropout < 1.0:
+            raise ValueError(f"shortcut_dropout must be in [0, 1), got {self.shortcut_dropout}")
 
     @property
     def expansion(self) -> int:
@@ -90,6 +102,8 @@ class ResidualBlock(nn.Module):
         self.preact = opts.preact
         self.shortcut_kind = opts.shortcut
         self.shortcut_scale = opts.shortcut_scale
+        self.shortcut_dropout = opts.shortcut_dropout
+        self.cin, self.cout, self.resample = cin, cout, resample
 
         self.branch, last_norm, last_conv = self._make_branch(cin, cout, resample, opts)
         self.shortcut = self._make_shortcut(cin, cout, resample, opts)
@@ -140,18 +154,41 @@ class ResidualBlock(nn.Module):
             return proj
         return nn.Sequential(proj, make_norm(opts.norm, cout))
 
+    @property
+    def changes_shape(self) -> bool:
+        """Whether the block resamples or changes the channel count (its output shape differs)."""
+        return self.resample != "none" or self.cin != self.cout
+
+    def _drop(self, s: torch.Tensor) -> torch.Tensor:
+        p = self.shortcut_dropout
+        if p <= 0:
+            return s
+        if self.training:
+            return s * torch.bernoulli(torch.full_like(s, 1.0 - p))
+        return s * (1.0 - p)
+
+    def _merge(self, s: torch.Tensor, f: torch.Tensor | None) -> torch.Tensor:
+        """merge(s, f) by the shortcut kind; f=None is a deleted branch (zero)."""
+        kind = self.shortcut_kind
+        if kind == "gated":
+            g = torch.sigmoid(self.gate(s))
+            return s * g if f is None else s * g + f * (1 - g)
+        if kind == "scaled":
+            s = self.shortcut_scale * s
+        return s if f is None else s + f
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = self.branch(x)
-        kind = self.shortcut_kind
-        if kind == "none":
-            out = f
-        else:
-            s = self.shortcut(x)
-            if kind == "gated":
-                g = torch.sigmoid(self.gate(s))
-                out = s * g + f * (1 - g)
-            elif kind == "scaled":
-                out = self.shortcut_scale * s + f
-            else:
-                out = s + f
+        out = f if self.shortcut_kind == "none" else self._merge(self._drop(self.shortcut(x)), f)
         return out if self.out_act is None else self.out_act(out)
+
+    def shortcut_path(self, x: torch.Tensor) -> torch.Tensor:
+        """The block with its residual branch deleted: merge(shortcut(x), 0), no output activation.
+
+        A plain block (shortcut="none") has no shortcut path; deleting it is the identity, which
+        only fits where the block keeps the shape."""
+        if self.shortcut_kind == "none":
+            if self.changes_shape:
+                raise ValueError("a plain block that changes the shape has no path to keep when deleted")
+            return x
+        return self._merge(self._drop(self.shortcut(x)), None)

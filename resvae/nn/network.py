@@ -43,9 +43,9 @@ class ArchConfig(BlockOptions):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        plan = resolve_blocks(self.depth, self.blocks)
+        plan = resolve_blocks(self.depth, self.blocks, self.block)
         object.__setattr__(self, "blocks", plan)
-        object.__setattr__(self, "depth", depth_of(plan))
+        object.__setattr__(self, "depth", depth_of(plan, self.block))
         for name in ("width", "latent_dim", "in_channels"):
             if getattr(self, name) < 1:
                 raise ValueError(f"model.arch.{name} must be a positive integer, got {getattr(self, name)}")
@@ -72,7 +72,8 @@ class ArchConfig(BlockOptions):
 
     @property
     def layers(self) -> int:
-        """Weighted layers on the main path (see `conv_layer_count`)."""
+        """Weighted layers on the main path (see `conv_layer_count`): equal to `depth` for every
+        block type (resvae/nn/plan.py)."""
         return conv_layer_count(self.blocks, self.block)
 
     def build(self, out_channels: int, code_multiplier: int) -> LatentAutoencoder:
@@ -191,6 +192,6 @@ def count_parameters(module: nn.Module) -> int:
 
 
 def conv_layer_count(blocks: Sequence[int], block: str) -> int:
-    """Weighted layers on the main path (shortcut projections excluded)."""
-    per_block = 3 if block == "bottleneck" else 2
-    return 2 * per_block * sum(blocks) + 4
+    """Weighted layers on the main path (shortcut projections and gates excluded): the depth of
+    the plan for that block type, 6 * blocks + 4 (bottleneck) or 4 * blocks + 4 (basic)."""
+    return depth_of(blocks, block)

@@ -17,12 +17,14 @@ from omegaconf.errors import OmegaConfBaseException
 
 from resvae.checkpointing import CheckpointError
 from resvae.data import DatasetError
+from resvae.io import DiskFullError
 from resvae.models import NonFiniteTrainingError
 from resvae.run import RunFolderError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     CheckpointError,
     DatasetError,
+    DiskFullError,
     InstantiationException,
     NonFiniteTrainingError,
     OmegaConfBaseException,

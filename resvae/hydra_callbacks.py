@@ -1,26 +1,47 @@
-"""Hydra callback: a multirun ends with its report (report.md/.csv/.html, resvae/report.py), a
-table of its jobs, and a non-zero exit code when a job failed.
+"""The sweep's Hydra callback: its report, stopping local jobs, continuing an Optuna study.
 
-A job that fails with a user error (resvae/errors.py) returns and the sweep goes on; this
+`SweepReport` (hydra.callbacks.sweep_report in conf/train.yaml): a multirun ends with its report
+(report.md/.csv/.html, resvae/report.py), a table of its jobs, and a non-zero exit code when a job
+failed. A job that fails with a user error (resvae/errors.py) returns and the sweep goes on; this
 callback's on_multirun_end then sees it in summary.json and exits 1. A job that fails with any
 other exception makes Hydra's basic sweeper re-raise it after the sweep, which skips
 on_multirun_end; so the report is also registered with atexit and written however the process
 ends (the exit code then stays Hydra's, non-zero).
+
+Under `hydra/launcher=submitit_local` the jobs are child processes of the sweep, which would
+keep training when the sweep process is stopped. `SweepReport` then forwards SIGTERM and SIGINT
+sent to the sweep process to every running job as SIGTERM (each saves last.ckpt at its current
+batch, resvae/callbacks/preemption.py), waits for them (`stop_grace_s`, then kills them), writes
+the report and exits with 128 + the signal. A second signal kills the jobs at once. Jobs still
+running when the sweep process ends for another reason are stopped the same way.
+
+With Optuna's sweeper (conf/hparams_search/*.yaml), `SweepReport` also prepares the study kept in
+the sweep folder so that the same command continues it (`OptunaStudy`). See docs/sweeps.md.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import fcntl
+import logging
 import os
+import signal
+import subprocess
 import sys
+import time
+from collections.abc import Sequence
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
 from resvae.config import SWEEP_ENV, run_leaf
 from resvae.report import FAILED, collect_runs, log_report_to_wandb, write_report
+
+log = logging.getLogger("resvae.sweep")
 
 
 def format_sweep_report(sweep_dir: Path) -> tuple[str, int]:
@@ -42,7 +63,10 @@ def format_sweep_report(sweep_dir: Path) -> tuple[str, int]:
 
 def finish_sweep(sweep_dir: Path, wandb: dict[str, Any] | None = None) -> int:
     """Write the report (and log it to W&B in the sweep's group when `wandb` has the project and
-    group) and print the table; returns the number of failed jobs."""
+    group) and print the table; returns the number of failed jobs. Nothing when the sweep ended
+    before its folder was made (e.g. a sweeper that could not start)."""
+    if not sweep_dir.is_dir():
+        return 0
     text, failed = format_sweep_report(sweep_dir)
     try:
         page = write_report(sweep_dir)
@@ -68,8 +92,13 @@ def wandb_target(config: DictConfig) -> dict[str, Any] | None:
 
 
 class SweepReport(Callback):
-    def __init__(self) -> None:
+    """stop_grace_s: how long the sweep process waits, after forwarding a stop signal, for its
+    submitit_local jobs to save and exit before it kills them."""
+
+    def __init__(self, stop_grace_s: float = 300.0) -> None:
         self._pending: Any = None
+        self._study: OptunaStudy | None = None
+        self.stop_grace_s = stop_grace_s
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         # the sweep's folder, named by its command line, fixed for the jobs (see config.sweep_leaf)
@@ -79,9 +108,216 @@ class SweepReport(Callback):
         sweep_dir, wandb = Path(config.hydra.sweep.dir), wandb_target(config)
         self._pending = lambda: finish_sweep(sweep_dir, wandb)
         atexit.register(self._pending)
+        if OptunaStudy.applies(config):
+            self._study = OptunaStudy()
+            self._study.prepare(config, sweep_dir)
+        if is_submitit_local(config):
+            JobStopper(grace_s=self.stop_grace_s).install()
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self._pending is not None:
             atexit.unregister(self._pending)
         if finish_sweep(Path(config.hydra.sweep.dir), wandb_target(config)):
             sys.exit(1)
+
+
+# ----------------------------------------------------------------------------- stopping local jobs
+# submitit's local executor: the sweep process starts one controller per job
+# (python -m submitit.local._local FOLDER), which starts the job (python -u -m submitit.core._submit
+# FOLDER) and sends it SIGUSR2 signal_delay_s before timeout_min.
+CONTROLLER_MARK = "submitit.local._local"
+JOB_MARK = "submitit.core._submit"
+
+
+def is_submitit_local(config: DictConfig) -> bool:
+    target = str((config.hydra.get("launcher") or {}).get("_target_", ""))
+    return target.startswith("hydra_plugins.hydra_submitit_launcher.") and target.endswith(".LocalLauncher")
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, command line) of every process this user can see."""
+    table: dict[int, tuple[int, str]] = {}
+    proc = Path("/proc")
+    if proc.is_dir():
+        for entry in proc.iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                stat = (entry / "stat").read_text()
+                cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:  # gone meanwhile, or not ours to read
+                continue
+            # "pid (comm) state ppid ...": comm may hold spaces and parentheses
+            ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+            table[int(entry.name)] = (ppid, cmdline)
+        return table
+    out = subprocess.run(["ps", "-A", "-o", "pid=,ppid=,command="], capture_output=True, text=True).stdout
+    for line in out.splitlines():
+        pid, ppid, *command = line.split(None, 2)
+        table[int(pid)] = (int(ppid), command[0] if command else "")
+    return table
+
+
+def descendants(root: int, marks: Sequence[str]) -> list[int]:
+    """Descendant processes of `root` whose command line contains one of `marks`."""
+    table = _process_table()
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, todo = [], list(children.get(root, []))
+    while todo:
+        pid = todo.pop()
+        if any(mark in table[pid][1] for mark in marks):
+            found.append(pid)
+        todo += children.get(pid, [])
+    return sorted(found)
+
+
+def _send(pids: Sequence[int], sig: int) -> None:
+    for pid in pids:
+        with contextlib.suppress(ProcessLookupError):  # it ended meanwhile
+            os.kill(pid, sig)
+
+
+class JobStopper:
+    """In the sweep process: SIGTERM or SIGINT is forwarded once, as SIGTERM, to the running
+    submitit_local jobs; the sweep then waits up to `grace_s` for the jobs and their controllers
+    to exit, kills what is left, and exits with 128 + the signal (atexit writes the sweep's
+    report). A second signal kills the jobs at once. The same happens to jobs still running when
+    the sweep process ends otherwise (e.g. another job's failure raised in the launcher): none is
+    left behind, untracked. The signal is sent once only: a job that has saved may still be
+    closing its W&B run, which a second SIGTERM would cut short."""
+
+    def __init__(
+        self, signals: Sequence[int] = (signal.SIGTERM, signal.SIGINT), grace_s: float = 300.0
+    ) -> None:
+        self.signals, self.grace_s = list(signals), grace_s
+        self.stopping: int | None = None
+
+    def install(self) -> None:
+        for sig in self.signals:
+            signal.signal(sig, self._handle)
+        atexit.register(self._at_exit)  # after the report's: runs before it
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping is not None:  # asked twice: do not wait
+            _send(descendants(os.getpid(), [JOB_MARK, CONTROLLER_MARK]), signal.SIGKILL)
+            raise SystemExit(128 + signum)
+        self.stopping = signum
+        self.stop(signal.Signals(signum).name)
+        raise SystemExit(128 + signum)
+
+    def _at_exit(self) -> None:
+        if self.stopping is None:
+            self.stopping = 0
+            self.stop("the sweep process ends")
+
+    def stop(self, why: str) -> None:
+        me = os.getpid()
+        jobs = descendants(me, [JOB_MARK])
+        if jobs:
+            print(
+                f"{why}: stopping {len(jobs)} running job(s) (each saves checkpoints/last.ckpt; "
+                "rerun the same command to resume); send SIGTERM again to kill them",
+                file=sys.stderr,
+                flush=True,
+            )
+            _send(jobs, signal.SIGTERM)
+        deadline = time.monotonic() + self.grace_s
+        while left := descendants(me, [JOB_MARK, CONTROLLER_MARK]):
+            if time.monotonic() >= deadline:
+                print(f"still running after {self.grace_s:g} s, killed: {left}", file=sys.stderr, flush=True)
+                _send(left, signal.SIGKILL)
+                break
+            time.sleep(0.2)
+
+
+# ----------------------------------------------------------------------------- Optuna
+INTERRUPTED_ATTR = "resvae_interrupted_trials"  # study user attribute: numbers of trials a kill cut short
+
+
+OPTUNA_SWEEPER = "hydra_plugins.hydra_optuna_sweeper.optuna_sweeper.OptunaSweeper"
+
+
+class OptunaStudy:
+    """Makes an Optuna search with a storage and a study name (as in conf/hparams_search/*.yaml:
+    sqlite in the sweep folder) continue when the same command runs again. Run in
+    on_multirun_start, before Hydra instantiates the sweeper from the same config:
+
+    - `hydra.sweeper.n_trials` is lowered by the study's finished trials (complete, pruned,
+      failed) of earlier attempts, so a rerun runs only the trials still missing, and a finished
+      search runs none;
+    - a trial that a killed sweep left RUNNING is marked FAIL (its number is kept in the study's
+      user attribute `resvae_interrupted_trials` and does not count) and its parameters are
+      enqueued: it runs again first, as a new trial, in the same run folder, so its job resumes
+      from last.ckpt.
+
+    It also writes the sweep's multirun.yaml, as Hydra's basic sweeper does and Optuna's does not.
+    Trials left RUNNING are taken for interrupted only when no other sweep process works on the
+    study: each holds a shared lock on `optuna.lock` in the sweep folder for as long as it runs,
+    and the clean-up needs it exclusively.
+    """
+
+    def __init__(self) -> None:
+        self._lock_fd: int | None = None
+
+    @staticmethod
+    def applies(config: DictConfig) -> bool:
+        sweeper = config.hydra.get("sweeper") or {}
+        return (
+            sweeper.get("_target_") == OPTUNA_SWEEPER
+            and sweeper.get("storage") is not None
+            and sweeper.get("study_name") is not None
+        )
+
+    def prepare(self, config: DictConfig, sweep_dir: Path) -> None:
+        sweeper = config.hydra.sweeper
+        sweep_dir.mkdir(parents=True, exist_ok=True)  # sqlite does not create the folder
+        OmegaConf.save(config, sweep_dir / "multirun.yaml")  # as Hydra's basic sweeper does
+        self._lock_fd = os.open(sweep_dir / "optuna.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            alone = True
+        except BlockingIOError:
+            alone = False
+        done = resume_study(sweeper.study_name, str(sweeper.storage), interrupted_are_stale=alone)
+        fcntl.flock(self._lock_fd, fcntl.LOCK_SH)  # kept until the process ends; others may join
+        if not done:
+            return
+        left = max(int(sweeper.n_trials) - done, 0)
+        print(
+            f"continuing the Optuna study {sweeper.study_name}: {done} of {sweeper.n_trials} trial(s) "
+            f"finished, {left} to run",
+            flush=True,
+        )
+        with open_dict(sweeper), read_write(sweeper):
+            sweeper.n_trials = left
+
+
+def resume_study(study_name: str, storage: str, interrupted_are_stale: bool) -> int:
+    """Prepare an existing study for another attempt (see OptunaStudy) and return how many of its
+    trials are finished; 0 for a study not created yet."""
+    import optuna
+    from optuna.trial import TrialState
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return 0
+    interrupted = list(study.user_attrs.get(INTERRUPTED_ATTR, []))
+    if interrupted_are_stale:
+        for trial in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            interrupted.append(trial.number)
+            study.set_user_attr(INTERRUPTED_ATTR, interrupted)
+            study.tell(trial.number, state=TrialState.FAIL)
+            if trial.params:
+                study.enqueue_trial(trial.params)
+            log.warning(
+                "trial %d was interrupted; it runs again with the same parameters %s",
+                trial.number,
+                trial.params,
+            )
+    finished = study.get_trials(
+        deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+    )
+    return sum(1 for t in finished if t.number not in interrupted)

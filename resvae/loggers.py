@@ -35,6 +35,7 @@ class MetricsCSVLogger(Logger, L.Callback):
         self.rows: list[dict[str, Any]] = []
         self._dirty = False
         self._stage: str | None = None
+        self._test_position: dict[str, int] = {}
 
     # ----------------------------------------------------------------- Logger
     @property
@@ -66,6 +67,8 @@ class MetricsCSVLogger(Logger, L.Callback):
         row = {k: v if isinstance(v, int) else float(v) for k, v in metrics.items()}
         if step is not None:
             row["step"] = int(step)
+        if self._stage == "test" and self._test_position:
+            row.update(self._test_position)
         self.rows.append(row)
         self._dirty = True
 
@@ -85,9 +88,16 @@ class MetricsCSVLogger(Logger, L.Callback):
         self._dirty = True
         self.save()
 
-    def restore_from(self, checkpoint: Mapping[str, Any]) -> None:
-        """Start from the rows a checkpoint holds (e.g. a test-only attempt, from last.ckpt)."""
-        self.restore(list(checkpoint.get("callbacks", {}).get(self.state_key, {}).get("rows", [])))
+    def restore_for_test(self, checkpoint: Mapping[str, Any], epoch: int, step: int) -> None:
+        """A test-only attempt (training finished earlier): keep the file's training rows (the
+        checkpoint's rows if the file is unreadable), drop an earlier test's rows, and log the
+        test at the run's final `epoch` and `step`, as a test right after training is."""
+        try:
+            rows = read_rows(self.path)
+        except (OSError, ValueError, csv.Error):
+            rows = list(checkpoint.get("callbacks", {}).get(self.state_key, {}).get("rows", []))
+        self._test_position = {"epoch": epoch, "step": step}
+        self.restore([r for r in rows if not any(k.startswith("test/") for k in r)])
 
     # ----------------------------------------------------------------- Callback: rows in checkpoints
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
@@ -100,6 +110,16 @@ class MetricsCSVLogger(Logger, L.Callback):
         # only when training resumes: testing a best.ckpt must not roll the history back to it
         if self._stage == "fit":
             self.restore(list(state_dict.get("rows", [])))
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """metrics.csv -> rows as logged (empty cells dropped; epoch and step as ints)."""
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return [
+        {k: int(float(v)) if k in FIRST_COLUMNS else float(v) for k, v in row.items() if v not in ("", None)}
+        for row in rows
+    ]
 
 
 def write_rows(path: Path, rows: list[Mapping[str, Any]]) -> None:

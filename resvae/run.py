@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import socket
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from filelock import FileLock, Timeout
+from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from resvae.checkpointing import CHECKPOINT_TAG, check_compatible, read_checkpoint
@@ -49,6 +51,18 @@ def end_status(error: BaseException) -> str:
     """summary.json's status for an attempt ended by `error`: a signal (SystemExit) or Ctrl-C
     interrupts a run that can be resumed; anything else fails it."""
     return "interrupted" if isinstance(error, (KeyboardInterrupt, SystemExit)) else "failed"
+
+
+def checkpoint_callbacks(callbacks: list[Any]) -> tuple[ModelCheckpoint, ModelCheckpoint]:
+    """(best: the ModelCheckpoint that monitors val/loss, latest: the one that keeps the newest state)."""
+    best = [c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor]
+    latest = [c for c in callbacks if isinstance(c, ModelCheckpoint) and not c.monitor]
+    if len(best) != 1 or len(latest) != 1:
+        raise ValueError(
+            "callbacks: resvae-train needs one ModelCheckpoint with a monitor (callbacks.model_checkpoint, "
+            "best.ckpt) and one without (callbacks.last_checkpoint, last.ckpt: where reruns continue)"
+        )
+    return best[0], latest[0]
 
 
 def hashed_config(cfg: DictConfig | Mapping[str, Any], excludes: Iterable[str]) -> dict[str, Any]:
@@ -126,6 +140,7 @@ class Run:
         self.previous: dict[str, Any] | None = None
         self.todo = "train"
         self.resume_from: Path | None = None
+        self.data_fingerprint: str | None = None
 
     # ----------------------------------------------------------------- opening
     def open(self) -> Run:
@@ -143,6 +158,8 @@ class Run:
             self.resume_from = self._checkpoint_to_resume()
             self._check_same_run()
             self.todo = self._work_left()
+            if self.todo == "train":
+                self._check_epochs()
         except BaseException:
             self.close()
             raise
@@ -205,30 +222,46 @@ class Run:
             raise RunFolderError(f"resume={self.resume}: no such checkpoint file")
         return path
 
-    def _stored_config(self) -> tuple[str | None, dict[str, Any] | None]:
-        """The config hash (and config) of the run in this folder: summary.json's, else its
-        last checkpoint's (summary.json may be lost or kept aside)."""
+    def _stored_configs(self) -> list[tuple[str, dict[str, Any] | None, str]]:
+        """(config hash, config, where) of the run in this folder, as summary.json and the
+        checkpoint to resume from record it (a checkpoint copied in from elsewhere shows here)."""
+        stored = []
         if self.previous and self.previous.get("config_hash"):
-            return self.previous["config_hash"], self.previous.get("config")
-        if self.last_checkpoint.is_file():
-            info = read_checkpoint(self.last_checkpoint).get(CHECKPOINT_TAG, {}).get("run", {})
-            return info.get("config_hash"), info.get("config")
-        return None, None
+            stored.append((self.previous["config_hash"], self.previous.get("config"), SUMMARY_FILE))
+        for path in {self.last_checkpoint, self.resume_from} - {None}:
+            if path is not None and path.is_file() and path.resolve().is_relative_to(self.folder.resolve()):
+                info = read_checkpoint(path).get(CHECKPOINT_TAG, {}).get("run", {})
+                if info.get("config_hash"):
+                    where = str(path.resolve().relative_to(self.folder.resolve()))
+                    stored.append((info["config_hash"], info.get("config"), where))
+        return stored
 
     def _check_same_run(self) -> None:
         """Refuse a folder that holds a run of another config (resume=never refuses any run)."""
         if self.resume == "never":
             return
-        stored_hash, stored = self._stored_config()
-        if stored_hash is None or stored_hash == self.config_hash:
+        for stored_hash, stored, where in self._stored_configs():
+            if stored_hash == self.config_hash:
+                continue
+            diffs = config_differences(stored or {}, self.config) or ["(the stored config is not available)"]
+            shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
+            raise RunFolderError(
+                f"{self.folder} holds a run trained with another configuration (its {where}: {shown}): "
+                "nothing was changed. To train this configuration give it its own folder with "
+                "name=<new name>; to continue the run in this folder, go back to its settings."
+            )
+
+    def _check_epochs(self) -> None:
+        """A checkpoint beyond trainer.max_epochs cannot be continued (Lightning refuses it)."""
+        if self.resume_from is None or self.max_epochs in (None, -1):
             return
-        diffs = config_differences(stored or {}, self.config) or ["(the stored config is not available)"]
-        shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
-        raise RunFolderError(
-            f"{self.folder} holds a run trained with another configuration ({shown}): nothing was "
-            "changed. To train this configuration give it its own folder with name=<new name>; to "
-            "continue the run in this folder, go back to its settings."
-        )
+        epoch = int(read_checkpoint(self.resume_from).get("epoch", 0))
+        if epoch > self.max_epochs:
+            raise RunFolderError(
+                f"{self.resume_from} is at epoch {epoch} but trainer.max_epochs={self.max_epochs}: "
+                f"nothing was changed. Set trainer.max_epochs={epoch} or more to continue it, or give a "
+                "new run its own folder with name=<new name>."
+            )
 
     def _work_left(self) -> str:
         summary = self.previous if self.resume == "auto" else None
@@ -251,6 +284,20 @@ class Run:
         path.write_text(run_id + "\n")
         return run_id
 
+    def check_data(self, fingerprint: str) -> None:
+        """Refuse data other than the run's (a hash of its images, wherever they lie)."""
+        stored = (self.previous or {}).get("data_fingerprint")
+        if stored is None and self.last_checkpoint.is_file():
+            stored = read_checkpoint(self.last_checkpoint).get(CHECKPOINT_TAG, {}).get("run", {}).get("data")
+        if stored is not None and self.resume != "never" and stored != fingerprint:
+            raise RunFolderError(
+                f"{self.folder} holds a run trained on other images than those data.root now gives "
+                f"(data fingerprint {stored} vs {fingerprint}): nothing was changed. Point data.root at "
+                "the run's data, or give this data its own folder with name=<new name>."
+            )
+        self.data_fingerprint = fingerprint
+        self.summary["data_fingerprint"] = fingerprint
+
     def check_checkpoint(self, model_class: str, shape: Mapping[str, Any]) -> None:
         """Refuse a checkpoint to resume from (or to test) of another model or architecture."""
         if self.resume_from is None:
@@ -266,7 +313,19 @@ class Run:
         """Record an attempt's end by `error` (failed, or interrupted by a signal); a finished
         run's record stays as it was unless this attempt began to train it again."""
         if self.todo == "train" and self.summary.get("status") != "finished":
-            self.write_summary(status=end_status(error), error=f"{type(error).__name__}: {message}")
+            try:
+                self.write_summary(status=end_status(error), error=f"{type(error).__name__}: {message}")
+            except OSError as err:  # e.g. the disk is full: the original error matters more
+                log.warning("could not record the failure in %s: %s", SUMMARY_FILE, err)
+
+    def best_checkpoint(self, best: ModelCheckpoint) -> str | None:
+        """The best checkpoint by val/loss to test, or None when no epoch had a finite val/loss."""
+        if best.best_model_path:  # this attempt trained (or restored the callback's state)
+            score = best.best_model_score
+            finite = score is not None and math.isfinite(float(score))
+            return best.best_model_path if finite else None
+        path = Path(best.dirpath) / f"{best.filename}{best.FILE_EXTENSION}"  # a test-only attempt
+        return str(path) if path.is_file() and self.summary.get("best_val_loss") is not None else None
 
     def write_summary(self, **fields: Any) -> None:
         self.summary.update(fields)

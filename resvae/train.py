@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import math
 import os
+import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +25,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint
+from lightning.pytorch.callbacks import LearningRateMonitor
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
@@ -31,26 +33,15 @@ from omegaconf import DictConfig, OmegaConf
 
 from resvae import errors
 from resvae.callbacks import Preempted, Preemption, RNGState, RunSummary, RunTag
-from resvae.callbacks.summary import finite_number
+from resvae.callbacks.preemption import StopNow
 from resvae.checkpointing import AtomicCheckpointIO, BackgroundCheckpointIO, read_checkpoint
-from resvae.config import config_dir
+from resvae.config import config_dir, unknown_override
+from resvae.io import atomic_write
 from resvae.loggers import MetricsCSVLogger, finish_wandb, wandb_summary_mirror
 from resvae.models import NonFiniteTrainingError
-from resvae.run import Run, git_commit, hashed_config
+from resvae.run import Run, checkpoint_callbacks, git_commit, hashed_config
 
 log = logging.getLogger("resvae.train")
-
-
-def checkpoint_callbacks(callbacks: list[Any]) -> tuple[ModelCheckpoint, ModelCheckpoint]:
-    """(best: the ModelCheckpoint that monitors val/loss, latest: the one that keeps the newest state)."""
-    best = [c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor]
-    latest = [c for c in callbacks if isinstance(c, ModelCheckpoint) and not c.monitor]
-    if len(best) != 1 or len(latest) != 1:
-        raise ValueError(
-            "callbacks: resvae-train needs one ModelCheckpoint with a monitor (callbacks.model_checkpoint, "
-            "best.ckpt) and one without (callbacks.last_checkpoint, last.ckpt: where reruns continue)"
-        )
-    return best[0], latest[0]
 
 
 def make_loggers(cfg: DictConfig, run: Run) -> list[Any]:
@@ -72,22 +63,30 @@ def run_callbacks(cfg: DictConfig, run: Run, loggers: list[Any]) -> list[Any]:
     """What the run folder's contract needs besides the configured callbacks."""
     csv = [lg for lg in loggers if isinstance(lg, MetricsCSVLogger)]  # also a callback: rows in checkpoints
     if run.todo == "test" and csv and run.last_checkpoint.is_file():  # keep the history it had
-        csv[0].restore_from(read_checkpoint(run.last_checkpoint))
+        epochs, step = run.summary.get("epochs", 0), run.summary.get("global_step", 0)
+        csv[0].restore_for_test(read_checkpoint(run.last_checkpoint), epochs, step)
     provenance = {
         "name": cfg.name, "protocol": cfg.protocol, "seed": cfg.seed, "run": run.folder.name,
         "run_dir": str(run.folder), "overrides": list(HydraConfig.get().overrides.task),
-        "git_commit": git_commit(), "resumed_from": str(run.resume_from) if run.resume_from else None,
+        "git_commit": git_commit(),
     }  # fmt: skip
+    if run.todo == "train":  # a test-only attempt keeps the training attempt's record
+        provenance["resumed_from"] = str(run.resume_from) if run.resume_from else None
     summary = RunSummary(run, provenance, mirror=wandb_summary_mirror(loggers))
     return [*csv, summary, RNGState(), RunTag(run), Preemption(run.last_checkpoint, cfg.run.signals)]
 
 
-def best_to_test(best: ModelCheckpoint, run: Run) -> str | None:
-    """The best checkpoint by val/loss, or None when no epoch had a finite val/loss."""
-    if best.best_model_path:  # this attempt trained
-        return best.best_model_path if finite_number(best.best_model_score) is not None else None
-    path = Path(best.dirpath) / f"{best.filename}{best.FILE_EXTENSION}"  # a test-only attempt
-    return str(path) if path.is_file() and run.summary.get("best_val_loss") is not None else None
+def save_config_record(cfg: DictConfig, folder: Path) -> None:
+    """`.hydra/` (config.yaml, hydra.yaml, overrides.yaml) as Hydra writes it, but only once this
+    attempt owns the folder and was not refused (hydra.output_subdir is null for that reason)."""
+    hydra_cfg = HydraConfig.get()
+    files = {
+        "config.yaml": OmegaConf.to_yaml(cfg),
+        "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(hydra_cfg)})),
+        "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hydra_cfg.overrides.task))),
+    }
+    for name, text in files.items():
+        atomic_write(folder / ".hydra" / name, lambda f, text=text: f.write(text.encode()))
 
 
 def train(cfg: DictConfig) -> float | None:
@@ -98,19 +97,26 @@ def train(cfg: DictConfig) -> float | None:
         last_checkpoint=Path(latest.dirpath) / f"{latest.filename}{latest.FILE_EXTENSION}",
         resume=str(cfg.resume), test=cfg.test, max_epochs=cfg.trainer.max_epochs,
     ).open()  # fmt: skip
-    if run.todo == "nothing":
-        log.info(
-            "%s: this run already finished (%s epochs); nothing to do", run.folder, run.summary.get("epochs")
-        )
-        run.close()
-        return run.result()
-
     exit_code, preempted = 1, False
+    previous = {sig: signal.getsignal(signal.Signals[sig]) for sig in cfg.run.signals}
+    for sig, handler in previous.items():
+        signal.signal(signal.Signals[sig], StopNow(handler))
     try:
+        datamodule = instantiate(cfg.data)
+        if hasattr(datamodule, "fingerprint"):  # reads the images; refuses another run's data
+            run.check_data(datamodule.fingerprint)
+        if run.todo == "nothing":
+            log.info(
+                "%s: this run already finished (%s epochs); nothing to do",
+                run.folder,
+                run.summary.get("epochs"),
+            )
+            exit_code = 0
+            return run.result()
+        save_config_record(cfg, run.folder)
         L.seed_everything(cfg.seed, workers=True)
         torch.set_float32_matmul_precision(cfg.matmul_precision)
-        loggers = make_loggers(cfg, run)  # first, so that a failing job shows in W&B
-        datamodule = instantiate(cfg.data)
+        loggers = make_loggers(cfg, run)  # before the model, so that a failing job shows in W&B
         model = instantiate(cfg.model, _convert_="all")
         run.check_checkpoint(type(model).__name__, model.shape_signature())
         if not loggers:  # Lightning refuses a LearningRateMonitor with nothing to log to
@@ -126,16 +132,19 @@ def train(cfg: DictConfig) -> float | None:
             trainer.fit(model, datamodule=datamodule, ckpt_path=run.resume_from, weights_only=True)
             if run.summary.get("status") == "failed":  # diverged: RunSummary says how
                 raise NonFiniteTrainingError(run.summary["error"])
-        if cfg.test and (tested := best_to_test(best, run)) is not None:
+        if cfg.test and (tested := run.best_checkpoint(best)) is not None:
+            L.seed_everything(cfg.seed, workers=True)  # the same test numbers in any attempt
             trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True)
         elif cfg.test:
             log.warning("no epoch had a finite val/loss: there is no checkpoint to test")
         exit_code = 0
     except BaseException as err:
-        preempted = isinstance(err, (Preempted, SIGTERMException))
+        preempted = isinstance(err, (Preempted, SIGTERMException, SystemExit))
         run.fail(err, errors.one_line(err))
         raise
     finally:
+        for sig, handler in previous.items():
+            signal.signal(signal.Signals[sig], handler if handler is not None else signal.SIG_DFL)
         finish_wandb(exit_code, preempted)
         run.close()
     return run.result()
@@ -153,5 +162,15 @@ def main(cfg: DictConfig) -> float | None:
         raise SystemExit(2) from None
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The console script: a mistyped or renamed config key is one clear line (with the key it
+    probably meant) before Hydra starts, rather than Hydra's advice to append it with '+'."""
+    problem = unknown_override(sys.argv[1:])
+    if problem:
+        print(f"resvae-train: error: {problem}", file=sys.stderr)
+        raise SystemExit(2)
     main()
+
+
+if __name__ == "__main__":
+    cli()

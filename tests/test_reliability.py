@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import traceback
+from collections import namedtuple
 from functools import partial
 from pathlib import Path
 
@@ -45,6 +46,26 @@ def test_interrupted_checkpoint_write_leaves_the_old_file(tmp_path: Path, monkey
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["generation"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary file left behind
+
+
+def test_a_full_disk_is_one_clear_error_and_leaves_the_old_file(tmp_path: Path, monkeypatch) -> None:
+    import resvae.io
+
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"generation": 1}, path)
+
+    def disk_fills_up(obj, f, *args, **kwargs):
+        f.write(b"PK\x03\x04 part of a checkpoint")
+        raise RuntimeError("[enforce fail at inline_container.cc:671] . unexpected pos 1029312 vs 1029200")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(torch, "save", disk_fills_up)
+    monkeypatch.setattr(resvae.io.shutil, "disk_usage", lambda p: usage(1 << 30, (1 << 30) - 4096, 4096))
+    with pytest.raises(resvae.io.DiskFullError, match="no space left .* free some space and rerun"):
+        AtomicCheckpointIO().save_checkpoint({"generation": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=True)["generation"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
 
 
 def test_interrupted_summary_write_leaves_the_old_file(tmp_path: Path, monkeypatch) -> None:
@@ -167,7 +188,9 @@ def test_bad_input_gives_clear_errors_and_writes_nothing_over(run_train, tmp_pat
     out = _fails(run_train, *TINY, "logger=none", "data.batch_size=0")
     assert "data.batch_size must be >= 1" in out
     out = _fails(run_train, *TINY, "logger=none", "model.arch.dpeth=40")
-    assert "dpeth" in out
+    assert "model.arch.dpeth is not a key of this config; did you mean model.arch.depth?" in out
+    out = _fails(run_train, *TINY, "logger=none", "model.lr=1e-3")  # a key that moved
+    assert "did you mean model.optimizer.lr?" in out
 
 
 # ----------------------------------------------------------------------------- config fuzzing

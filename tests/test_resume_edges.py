@@ -52,6 +52,8 @@ def test_rerun_of_an_early_stopped_run_only_tests_it(run_train, tmp_path: Path) 
     assert first["stopped_early"] and first["epochs"] == 2 and "test_bpd" not in first
     last = the_run(tmp_path) / "checkpoints" / "last.ckpt"
     mtime = last.stat().st_mtime_ns
+    with open(the_run(tmp_path) / "metrics.csv", newline="") as f:
+        trained_rows = list(csv.DictReader(f))
 
     out = run_train(*args, "test=true")
     assert "running the test only" in out.stdout + out.stderr
@@ -60,6 +62,31 @@ def test_rerun_of_an_early_stopped_run_only_tests_it(run_train, tmp_path: Path) 
     for key in ("epochs", "global_step", "best_val_loss", "train_loss", "val_loss", "train_seconds"):
         assert second[key] == first[key], key
     assert second["tested"] and second["test_bpd"] > 0 and second["status"] == "finished"
+    assert second.get("resumed_from") == first.get("resumed_from")  # nothing was resumed
+
+    def metric_rows() -> list[dict[str, str]]:
+        with open(the_run(tmp_path) / "metrics.csv", newline="") as f:
+            return list(csv.DictReader(f))
+
+    # every training row is kept (the last epoch's too, logged after its checkpoint), and the test
+    # is logged at the run's final epoch and step
+    rows = metric_rows()
+    kept = [
+        {k: v for k, v in r.items() if v}
+        for r in rows
+        if not any(k.startswith("test/") and v for k, v in r.items())
+    ]
+    assert kept == [{k: v for k, v in r.items() if v} for r in trained_rows]
+    (test_row,) = [r for r in rows if r.get("test/bpd")]
+    assert int(test_row["epoch"]) == first["epochs"] and int(test_row["step"]) == first["global_step"]
+
+    # a test interrupted before it was recorded runs again: the same numbers, logged once
+    summary = summary_of(tmp_path)
+    summary.pop("tested")
+    (the_run(tmp_path) / "summary.json").write_text(json.dumps(summary))
+    run_train(*args, "test=true")
+    assert summary_of(tmp_path)["test_bpd"] == second["test_bpd"]  # the test is seeded
+    assert [r for r in metric_rows() if r.get("test/bpd")] == [test_row]
 
 
 @pytest.mark.slow

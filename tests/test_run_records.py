@@ -8,6 +8,7 @@ import csv
 import json
 import os
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -58,19 +59,30 @@ def wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
 # ------------------------------------------------------------------------------ divergence
 
 
-def test_a_diverged_run_never_reports_a_perfect_model(run_train, tmp_path: Path) -> None:
-    proc = run_train(*TINY, "logger=csv", "model.optimizer.lr=1e6", "trainer.max_epochs=3", check=False)
-    assert proc.returncode != 0
-    assert "diverged" in proc.stderr and "Traceback" not in proc.stderr
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_diverged_run_never_reports_a_perfect_model(run_train, tmp_path: Path, optimizer: str) -> None:
+    proc = run_train(
+        *TINY,
+        "logger=csv",
+        f"optimizer={optimizer}",
+        "model.optimizer.lr=1e6",
+        "trainer.max_epochs=3",
+        check=False,
+    )
+    assert proc.returncode != 0 and "Traceback" not in proc.stderr
     run_dir = only_run_dir(tmp_path / "outputs")
     summary = summary_of(run_dir)
-    assert summary["status"] == "failed" and "diverged" in summary["error"]
-    assert summary["val_loss"] is None and summary.get("best_val_loss") is None  # not 0, not a number
+    assert summary["status"] == "failed"
+    assert "diverged" in summary["error"] or "no update of epoch" in summary["error"]
     assert summary.get("test_bpd") is None  # nothing was tested on a diverged model
-    assert summary["val_nonfinite_batches"] >= 1
-    val = [r for r in metric_rows(run_dir) if r.get("val/loss")]
-    assert val and all(r["val/loss"] == "nan" for r in val)
-    assert not (run_dir / "checkpoints" / "best.ckpt").exists() or summary.get("best_val_loss") is None
+    assert summary.get("min_train_loss") != 0.0 and summary.get("train_loss") != 0.0  # never a perfect 0
+    rows = metric_rows(run_dir)
+    assert not any(r.get("train/loss") in ("0", "0.0") for r in rows)
+    if "diverged" in summary["error"]:  # a non-finite validation: never a number, never the best
+        assert summary["val_loss"] is None and summary.get("best_val_loss") is None
+        assert summary["val_nonfinite_batches"] >= 1
+        val = [r for r in rows if r.get("val/loss")]
+        assert val and all(r["val/loss"] == "nan" for r in val)
 
 
 # ------------------------------------------------------------------------------ config hash
@@ -99,6 +111,8 @@ def test_an_edited_experiment_is_refused_with_what_differs(run_train, tmp_path: 
         if p.is_file() and p.suffix in (".ckpt", ".json", ".csv")
     }
 
+    hydra_record = (run_dir / ".hydra" / "config.yaml").read_text()
+
     (conf / "mine.yaml").write_text(EXPERIMENT.format(lr=0.003))
     proc = run_train(*args, check=False)
     assert proc.returncode != 0 and "Traceback" not in proc.stderr
@@ -109,7 +123,19 @@ def test_an_edited_experiment_is_refused_with_what_differs(run_train, tmp_path: 
         if p.is_file() and p.suffix in (".ckpt", ".json", ".csv")
     }
     assert after == before  # the old result is neither returned as new nor touched
+    assert (run_dir / ".hydra" / "config.yaml").read_text() == hydra_record  # nor its record of the config
     assert "already finished" not in proc.stdout + proc.stderr
+
+    # a checkpoint of another config copied into the folder is refused too, even with summary.json there
+    run_train(*args, "name=other")  # mine.yaml has lr 0.003 now
+    (other,) = [d for d in (tmp_path / "outputs" / "other").iterdir() if d.is_dir()]
+    shutil.copy(other / "checkpoints" / "last.ckpt", run_dir / "checkpoints" / "last.ckpt")
+    (conf / "mine.yaml").write_text(EXPERIMENT.format(lr=0.002))
+    proc = run_train(*args, "trainer.max_epochs=2", check=False)
+    assert (
+        proc.returncode == 2
+        and "its checkpoints/last.ckpt: model.optimizer.lr: 0.003 -> 0.002" in proc.stderr
+    )
 
 
 def write_archive(root: Path, seed: int) -> Path:
@@ -128,7 +154,11 @@ def test_other_data_under_the_same_folder_is_refused(run_train, tmp_path: Path) 
     ]  # fmt: skip
     run_train(*args, f"data.root={write_archive(tmp_path / 'a', 0)}")
     proc = run_train(*args, f"data.root={write_archive(tmp_path / 'b', 1)}", check=False)
-    assert proc.returncode != 0 and "another configuration" in proc.stderr and "data.root" in proc.stderr
+    assert proc.returncode == 2 and "other images than those data.root now gives" in proc.stderr
+    assert "Traceback" not in proc.stderr
+    # the same images moved elsewhere (or reached through another relative path) are the same run
+    (tmp_path / "a").rename(tmp_path / "moved")
+    run_train(*args, f"data.root={tmp_path / 'moved'}", "trainer.max_epochs=2")
 
 
 # ------------------------------------------------------------------------------ one trainer per folder
@@ -173,6 +203,21 @@ def test_leftovers_of_a_killed_attempt_are_cleaned_or_kept_aside(run_train, tmp_
     assert aside.read_text() == '{"status": "finis'
     summary = summary_of(run_dir)
     assert summary["status"] == "finished" and summary["epochs"] == 2
+
+    # a finished run's summary.json lost again: the record comes back from its checkpoint
+    (run_dir / "summary.json").write_text("[1, 2]")
+    run_train(*args, "trainer.max_epochs=2", "test=true")
+    rebuilt = summary_of(run_dir)
+    for key in ("epochs", "best_val_loss", "min_train_loss", "min_val_loss", "params", "depth"):
+        assert rebuilt[key] == summary[key], key
+    assert rebuilt["status"] == "finished" and rebuilt["tested"] and rebuilt["test_bpd"] > 0
+
+    # and a checkpoint beyond a lowered max_epochs is a clear refusal, not Lightning's traceback
+    run_train(*args, "trainer.max_epochs=3", "test=false")  # last.ckpt: epoch 2 (its validation)
+    interrupted = {**summary_of(run_dir), "status": "interrupted"}
+    (run_dir / "summary.json").write_text(json.dumps(interrupted))
+    proc = run_train(*args, "trainer.max_epochs=1", check=False)
+    assert proc.returncode == 2 and "is at epoch" in proc.stderr and "trainer.max_epochs=" in proc.stderr
 
 
 # ------------------------------------------------------------------------------ unsafe checkpoints

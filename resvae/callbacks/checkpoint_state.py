@@ -54,4 +54,8 @@ class RunTag(L.Callback):
 
     def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict) -> None:
         tag = checkpoint.setdefault(CHECKPOINT_TAG, {})
-        tag["run"] = {"config_hash": self.run.config_hash, "config": self.run.config}
+        tag["run"] = {
+            "config_hash": self.run.config_hash,
+            "config": self.run.config,
+            "data": self.run.data_fingerprint,
+        }

@@ -74,6 +74,8 @@ class Preemption(L.Callback):
             f"{signal.Signals(signum).name}: saved {self.path}; rerun the same command to resume", flush=True
         )
         previous = self._previous.get(signum)
+        if isinstance(previous, StopNow):  # ours: only what it wraps, then Preempted below
+            previous = previous.outer
         if callable(previous):
             previous(signum, None)
         raise Preempted(signum, self.path)
@@ -82,3 +84,17 @@ class Preemption(L.Callback):
         for sig, handler in self._previous.items():
             signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         self._previous.clear()
+
+
+class StopNow:
+    """The job's handler outside training (where Preemption, above, saves first): run the handler
+    that was there before (submitit's: its SIGUSR2 handler requeues and exits by itself, its
+    SIGTERM handler only logs), then end at once, recorded as interrupted, the folder released."""
+
+    def __init__(self, outer: Any) -> None:
+        self.outer = outer
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        if callable(self.outer):
+            self.outer(signum, frame)
+        raise SystemExit(128 + signum)

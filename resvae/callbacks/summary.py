@@ -44,7 +44,6 @@ class RunSummary(L.Callback):
         self._segment_start = self._val_start = self._train_start = 0.0
         self._epoch: dict[str, Any] | None = None
         self._epoch_checkpoint = 0.0
-        self._fitting = False
         self.train_seconds = self.val_seconds = 0.0
         self.images = 0
         self.epochs_timed: list[dict[str, float]] = []  # per epoch: images; train, val, checkpoint seconds
@@ -56,6 +55,8 @@ class RunSummary(L.Callback):
 
     def state_dict(self) -> dict[str, Any]:
         return {
+            # the record so far, so that a run whose summary.json is lost gets it back
+            "summary": {k: v for k, v in self.run.summary.items() if k != "config"},
             "train_seconds": self.train_seconds,
             "val_seconds": self.val_seconds,
             "images": self.images,
@@ -74,6 +75,8 @@ class RunSummary(L.Callback):
         self.images = int(state_dict.get("images", 0))
         self.epochs_timed = list(state_dict.get("epochs_timed", []))
         self.minima = dict(state_dict.get("minima", {}))
+        if self.run.previous is None:  # summary.json was lost or unreadable: the checkpoint's record
+            self.run.summary = {**state_dict.get("summary", {}), **self.run.summary}
 
     # ------------------------------------------------------------------ timing
     # Training time is added up segment by segment (up to a validation, after it), and an
@@ -170,7 +173,7 @@ class RunSummary(L.Callback):
             "precision": str(trainer.precision),
             **self.extra,
         }
-        if self._fitting:  # a test-only attempt leaves the training record as it was
+        if trainer.state.fn == "fit":  # testing (best.ckpt's weights) leaves the training record as it was
             self._track_minima(trainer)  # each write sees the latest epoch's losses
             forward = pl_module.forward_fn
             data.update(
@@ -206,7 +209,6 @@ class RunSummary(L.Callback):
                 self.mirror({k: self.run.summary.get(k) for k in keys.DASHBOARD_FIELDS})
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self._fitting = True
         self.write(trainer, pl_module, status="running", error=None, started_at=_now())
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

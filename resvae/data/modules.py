@@ -9,6 +9,7 @@ arrays come from.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import lightning as L
@@ -50,6 +51,8 @@ class ImageDataModule(L.LightningDataModule):
         self.val_source, self.val_size = val_source, val_size
         self.flip, self.seed = flip, seed
         self.splits: dict[str, torch.Tensor] = {}
+        self._arrays: dict[str, np.ndarray] | None = None
+        self._fingerprint: str | None = None
 
     # ------------------------------------------------------------------ subclass interface
     def load_arrays(self) -> dict[str, np.ndarray]:
@@ -70,12 +73,30 @@ class ImageDataModule(L.LightningDataModule):
         order = np.random.default_rng(self.seed).permutation(len(train))
         return {"train": train[order[n_val:]], "val": train[order[:n_val]], "test": test}
 
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The train / val / test splits as uint8 arrays, read once (setup moves them to the device)."""
+        if self._arrays is None:
+            self._arrays = {k: np.ascontiguousarray(v) for k, v in self._split(self.load_arrays()).items()}
+        return self._arrays
+
+    @property
+    def fingerprint(self) -> str:
+        """A hash of the images of every split: what a run was trained on, wherever it lies."""
+        if self._fingerprint is None:
+            digest = hashlib.blake2b(digest_size=16)
+            for name, array in sorted(self.arrays().items()):
+                digest.update(f"{name}{array.shape}".encode())
+                digest.update(array.data)
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
+
     def setup(self, stage: str | None = None) -> None:
         if self.splits:
             return
         device = self.trainer.strategy.root_device if self.trainer else torch.device("cpu")
-        for name, array in self._split(self.load_arrays()).items():
-            self.splits[name] = torch.from_numpy(np.ascontiguousarray(array)).to(device)
+        for name, array in self.arrays().items():
+            self.splits[name] = torch.from_numpy(array).to(device)
+        self._arrays = None  # the device holds them now
 
     def _batches(self, name: str, train: bool) -> DeviceBatches:
         trainer = self.trainer

@@ -257,11 +257,18 @@ class LatentModel(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         # reset after reading, not at epoch start: a run resumed mid-epoch keeps its partial sums
+        applied = float(self.step.means.weight)  # this syncs: once per epoch
         means = self.step.means.compute()
         self.log_dict({keys.of("train", k): v for k, v in means.items()})
         self.log(keys.TRAIN_SKIPPED, self.step.skipped.float())
         self.step.means.reset()
         self._raise_if_diverged()
+        if applied == 0 and self.trainer.num_training_batches:
+            raise NonFiniteTrainingError(
+                f"no update of epoch {self.current_epoch} was applied: every one had a non-finite loss or "
+                "gradient and was skipped; training stopped (the last good checkpoint is kept). Lower "
+                "model.optimizer.lr, set model.train_step.grad_clip, or check the data."
+            )
         sched = self.lr_schedulers()
         if sched is not None and not isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
             sched.step()

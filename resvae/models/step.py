@@ -51,7 +51,9 @@ class DeviceMeans(nn.Module):
         self.nonfinite.add_((counted & ~torch.isfinite(values).all()).long())
 
     def compute(self) -> dict[str, torch.Tensor]:
-        means = self.sums / self.weight.clamp(min=1e-12)
+        """The means; NaN when nothing was counted (e.g. every update of an epoch was skipped),
+        never a 0 that would pass for a perfect loss."""
+        means = torch.where(self.weight > 0, self.sums / self.weight.clamp(min=1e-12), torch.nan)
         return dict(zip(self.names, means.unbind(0)))
 
     def reset(self) -> None:

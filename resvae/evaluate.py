@@ -38,6 +38,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from resvae.checkpointing import CHECKPOINT_TAG, CheckpointError, read_checkpoint
+from resvae.cli_args import nonnegative_int, positive_int
 from resvae.data import DatasetError
 from resvae.errors import USER_ERRORS, one_line
 from resvae.io import atomic_write_json
@@ -549,20 +550,6 @@ def summary_line(label: str, r: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------- command line
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
@@ -574,11 +561,11 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--split", choices=SPLITS, default="test", help="data split (default: test)")
     p.add_argument(
-        "--iw-samples", type=_nonnegative_int, default=None,
+        "--iw-samples", type=nonnegative_int, default=None,
         help="importance samples K of the IW bound (default: 1000 on CUDA, 100 on CPU; 0: skip)",
     )  # fmt: skip
-    p.add_argument("--batch-size", type=_positive_int, default=None, help="default: 500 on CUDA, 100 on CPU")
-    p.add_argument("--seed", type=_nonnegative_int, default=0, help="seed of all the randomness (default 0)")
+    p.add_argument("--batch-size", type=positive_int, default=None, help="default: 500 on CUDA, 100 on CPU")
+    p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of all the randomness (default 0)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--data-root", help="where the data is (replaces the run's data.root)")
     p.add_argument("--config", type=Path, help="the run's config (default: RUN/.hydra/config.yaml)")

@@ -33,6 +33,7 @@ from types import SimpleNamespace
 import torch
 
 from resvae.callbacks.grids import save_grid
+from resvae.cli_args import nonnegative_int, positive_int
 from resvae.errors import one_line
 from resvae.evaluate import (
     INPUT_ERRORS,
@@ -134,20 +135,6 @@ def sample_target(target: Target, args: argparse.Namespace, device: torch.device
     return written
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
-
-
-def _nonnegative_int(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
-    return value
-
-
 def _temperature(text: str) -> float:
     value = float(text)
     if not value > 0:
@@ -163,13 +150,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("path", metavar="CKPT", type=Path, help="a checkpoint file or a run folder")
     p.add_argument("--out", type=Path, help=f"output folder (default: RUN/{OUT_DIR}/)")
     p.add_argument("--temperatures", type=_temperature, nargs="+", default=[1.0, 0.8, 0.6])
-    p.add_argument("--n", type=_positive_int, default=64, help="prior samples per temperature (default 64)")
-    p.add_argument("--n-recon", type=_nonnegative_int, default=32, help="images to reconstruct (0: none)")
-    p.add_argument("--interpolations", type=_nonnegative_int, default=8, help="image pairs (0: none)")
-    p.add_argument("--steps", type=_positive_int, default=10, help="decoded points per interpolation")
-    p.add_argument("--nrow", type=_positive_int, default=8, help="images per row of the sample grids")
+    p.add_argument("--n", type=positive_int, default=64, help="prior samples per temperature (default 64)")
+    p.add_argument("--n-recon", type=nonnegative_int, default=32, help="images to reconstruct (0: none)")
+    p.add_argument("--interpolations", type=nonnegative_int, default=8, help="image pairs (0: none)")
+    p.add_argument("--steps", type=positive_int, default=10, help="decoded points per interpolation")
+    p.add_argument("--nrow", type=positive_int, default=8, help="images per row of the sample grids")
     p.add_argument("--split", choices=SPLITS, default="test", help="images to reconstruct and interpolate")
-    p.add_argument("--seed", type=_nonnegative_int, default=0)
+    p.add_argument("--seed", type=nonnegative_int, default=0)
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument("--data-root", help="where the data is (replaces the run's data.root)")
     p.add_argument("--config", type=Path, help="the run's config (default: RUN/.hydra/config.yaml)")

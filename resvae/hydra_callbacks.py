@@ -6,7 +6,9 @@ failed. A job that fails with a user error (resvae/errors.py) returns and the sw
 callback's on_multirun_end then sees it in summary.json and exits 1. A job that fails with any
 other exception makes Hydra's basic sweeper re-raise it after the sweep, which skips
 on_multirun_end; so the report is also registered with atexit and written however the process
-ends (the exit code then stays Hydra's, non-zero).
+ends (the exit code then stays Hydra's, non-zero). A job refused before it owned its folder (in
+use by another trainer) writes nothing there; an in-process job of that kind is listed after
+the table and also makes the sweep exit 1.
 
 Under `hydra/launcher=submitit_local` the jobs are child processes of the sweep, which would
 keep training when the sweep process is stopped. `SweepReport` then forwards SIGTERM and SIGINT
@@ -25,6 +27,7 @@ import atexit
 import contextlib
 import fcntl
 import logging
+import math
 import os
 import signal
 import subprocess
@@ -35,6 +38,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
@@ -98,6 +102,7 @@ class SweepReport(Callback):
     def __init__(self, stop_grace_s: float = 300.0) -> None:
         self._pending: Any = None
         self._study: OptunaStudy | None = None
+        self._not_ok: list[str] = []  # output folders of this process's jobs that returned NaN
         self.stop_grace_s = stop_grace_s
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -114,10 +119,25 @@ class SweepReport(Callback):
         if is_submitit_local(config):
             JobStopper(grace_s=self.stop_grace_s).install()
 
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
+        # In-process jobs only (basic launcher; submitit runs this in the job's process). A job
+        # refused before it owned its folder (in use by another trainer, a bad config) returns NaN
+        # and writes nothing there, so the folder's summary.json cannot tell the sweep.
+        value = job_return.return_value if job_return.status == JobStatus.COMPLETED else math.nan
+        if isinstance(value, float) and math.isnan(value):
+            self._not_ok.append(str(config.hydra.runtime.output_dir))
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         if self._pending is not None:
             atexit.unregister(self._pending)
-        if finish_sweep(Path(config.hydra.sweep.dir), wandb_target(config)):
+        sweep_dir = Path(config.hydra.sweep.dir)
+        failed = finish_sweep(sweep_dir, wandb_target(config))
+        recorded = {str(r.folder.resolve()) for r in collect_runs(sweep_dir) if r.status in FAILED}
+        refused = [f for f in self._not_ok if str(Path(f).resolve()) not in recorded]
+        if refused:
+            print(f"{len(refused)} job(s) did not run in this sweep (the reason is above):", flush=True)
+            print("\n".join(f"  {f}" for f in refused), flush=True)
+        if failed or refused:
             sys.exit(1)
 
 

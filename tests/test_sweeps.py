@@ -497,3 +497,25 @@ def test_a_signal_outside_training_runs_the_handler_there_before_then_stops() ->
     with pytest.raises(SystemExit) as plain:
         StopNow(signal.SIG_DFL)(signal.SIGUSR2, None)
     assert plain.value.code == 140
+
+
+@pytest.mark.slow
+def test_a_job_refused_by_its_folders_lock_fails_the_sweep(tmp_path: Path) -> None:
+    """A job whose folder another live trainer holds is refused and writes nothing there, so its
+    summary.json cannot tell the sweep: the sweep must still exit non-zero and name the job,
+    while the other jobs run."""
+    from filelock import FileLock
+
+    args = ["-m", *TINY, "logger=csv", "test=false", "seed=0,1"]
+    proc, out = start(tmp_path, *args, "trainer.max_epochs=1")
+    assert finish(proc, out) is not None and proc.returncode == 0, out.read_text()[-4000:]
+    jobs = run_dirs(tmp_path / "outputs")
+    (held,) = [folder for name, folder in jobs.items() if name.endswith("seed=1")]
+    with FileLock(held / ".lock", timeout=0):  # another process's trainer, as far as the job can tell
+        proc, out = start(tmp_path, *args, "trainer.max_epochs=2")  # extends both runs
+        text = finish(proc, out)
+    assert proc.returncode == 1, text[-4000:]
+    assert "is in use by another trainer" in text
+    assert f"1 job(s) did not run in this sweep (the reason is above):\n  {held}" in text
+    epochs = {name[-6:]: summary(folder)["epochs"] for name, folder in jobs.items()}
+    assert epochs == {"seed=0": 2, "seed=1": 1}  # the free job ran; the held one is untouched

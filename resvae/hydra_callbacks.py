@@ -132,12 +132,25 @@ class SweepReport(Callback):
             atexit.unregister(self._pending)
         sweep_dir = Path(config.hydra.sweep.dir)
         failed = finish_sweep(sweep_dir, wandb_target(config))
-        recorded = {str(r.folder.resolve()) for r in collect_runs(sweep_dir) if r.status in FAILED}
+        runs = collect_runs(sweep_dir)
+        recorded = {str(r.folder.resolve()) for r in runs if r.status in FAILED}
         refused = [f for f in self._not_ok if str(Path(f).resolve()) not in recorded]
         if refused:
             print(f"{len(refused)} job(s) did not run in this sweep (the reason is above):", flush=True)
             print("\n".join(f"  {f}" for f in refused), flush=True)
-        if failed or refused:
+        # every job of this sweep has ended: "running" means another process has it (the same
+        # sweep started twice, jobs orphaned by a SIGKILLed sweep) or it was killed unrecorded
+        named = {str(Path(f).resolve()) for f in refused}
+        elsewhere = [r.folder.resolve() for r in runs if r.status == "running"]
+        elsewhere = [f for f in elsewhere if str(f) not in named]
+        if elsewhere:
+            print(
+                f"{len(elsewhere)} job(s) not finished by this sweep (another process has them, or "
+                "they were killed; rerun the same command when they are done):",
+                flush=True,
+            )
+            print("\n".join(f"  {f}" for f in elsewhere), flush=True)
+        if failed or refused or elsewhere:
             sys.exit(1)
 
 

@@ -519,3 +519,26 @@ def test_a_job_refused_by_its_folders_lock_fails_the_sweep(tmp_path: Path) -> No
     assert f"1 job(s) did not run in this sweep (the reason is above):\n  {held}" in text
     epochs = {name[-6:]: summary(folder)["epochs"] for name, folder in jobs.items()}
     assert epochs == {"seed=0": 2, "seed=1": 1}  # the free job ran; the held one is untouched
+
+
+@pytest.mark.slow
+def test_a_sweep_ending_with_a_job_another_process_runs_exits_non_zero(tmp_path: Path) -> None:
+    """Under submitit_local a refused job's NaN stays in its own process. The sweep process,
+    once all its jobs ended, finds that job's folder still `running` (another trainer has it:
+    the same sweep started twice, or jobs orphaned by a SIGKILLed sweep), names it and exits 1."""
+    from filelock import FileLock
+
+    args = ["-m", *TINY, "logger=csv", "test=false", "seed=0,1"]
+    proc, out = start(tmp_path, *args, "trainer.max_epochs=1")
+    assert finish(proc, out) is not None and proc.returncode == 0, out.read_text()[-4000:]
+    jobs = run_dirs(tmp_path / "outputs")
+    (held,) = [folder for name, folder in jobs.items() if name.endswith("seed=1")]
+    record = summary(held)
+    (held / "summary.json").write_text(json.dumps({**record, "status": "running"}))  # mid-run
+    with FileLock(held / ".lock", timeout=0):
+        proc, out = start(tmp_path, *args, "trainer.max_epochs=2", "hydra/launcher=submitit_local")
+        text = finish(proc, out)
+    assert proc.returncode == 1, text[-4000:]
+    assert "1 job(s) not finished by this sweep (another process has them" in text
+    assert f"\n  {held}\n" in text + "\n"
+    assert len(run_dirs(tmp_path / "outputs")) == 2  # the same sweep folder and job folders

@@ -43,7 +43,8 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], None]) -> Path:
             raise DiskFullError(
                 errno.ENOSPC,
                 f"no space left on the device of {path.parent} while writing {path.name} (the previous "
-                f"{path.name}, if any, is intact): free some space and rerun the same command",
+                f"{path.name}, if any, is intact): free some space, then rerun the same command (it "
+                "continues from checkpoints/last.ckpt, or says how to go on where there is none)",
             ) from err
         raise
     return path

@@ -61,7 +61,7 @@ def test_a_full_disk_is_one_clear_error_and_leaves_the_old_file(tmp_path: Path, 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(torch, "save", disk_fills_up)
     monkeypatch.setattr(resvae.io.shutil, "disk_usage", lambda p: usage(1 << 30, (1 << 30) - 4096, 4096))
-    with pytest.raises(resvae.io.DiskFullError, match="no space left .* free some space and rerun"):
+    with pytest.raises(resvae.io.DiskFullError, match="no space left .* free some space, then rerun"):
         AtomicCheckpointIO().save_checkpoint({"generation": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["generation"] == 1

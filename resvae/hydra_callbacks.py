@@ -48,8 +48,12 @@ from resvae.report import FAILED, collect_runs, log_report_to_wandb, write_repor
 log = logging.getLogger("resvae.sweep")
 
 
-def format_sweep_report(sweep_dir: Path) -> tuple[str, int]:
-    """(the table of jobs with the failed ones listed, the number of failed jobs)."""
+def format_sweep_report(sweep_dir: Path, refused: Sequence[str] = (), ended: bool = False) -> tuple[str, int]:
+    """(the table of jobs with the failed ones listed, the number of jobs not done). `refused`:
+    output folders of this process's jobs that were refused before they owned their folder (they
+    wrote nothing there). `ended`: all of the sweep's jobs have ended, so a folder still
+    `running` is another process's (the same sweep started twice, jobs orphaned by a SIGKILLed
+    sweep) or was killed unrecorded."""
     runs = collect_runs(sweep_dir)
     lines = [f"sweep {sweep_dir}: {len(runs)} job(s)"]
     for r in runs:
@@ -62,16 +66,35 @@ def format_sweep_report(sweep_dir: Path) -> tuple[str, int]:
     if failed:
         lines.append(f"{len(failed)} job(s) FAILED:")
         lines += [f"  {r.folder}: {r.error}" for r in failed]
-    return "\n".join(lines), len(failed)
+    named = {r.folder.resolve() for r in failed}
+    unrecorded = [Path(f).resolve() for f in refused if Path(f).resolve() not in named]
+    if unrecorded:
+        lines.append(f"{len(unrecorded)} job(s) did not run in this sweep (the reason is above):")
+        lines += [f"  {f}" for f in unrecorded]
+    named.update(unrecorded)
+    elsewhere = [r.folder.resolve() for r in runs if ended and r.status == "running"]
+    elsewhere = [f for f in elsewhere if f not in named]
+    if elsewhere:
+        lines.append(
+            f"{len(elsewhere)} job(s) not finished by this sweep (another process has them, or they "
+            "were killed; rerun the same command when they are done):"
+        )
+        lines += [f"  {f}" for f in elsewhere]
+    return "\n".join(lines), len(failed) + len(unrecorded) + len(elsewhere)
 
 
-def finish_sweep(sweep_dir: Path, wandb: dict[str, Any] | None = None) -> int:
+def finish_sweep(
+    sweep_dir: Path,
+    wandb: dict[str, Any] | None = None,
+    refused: Sequence[str] = (),
+    ended: bool = False,
+) -> int:
     """Write the report (and log it to W&B in the sweep's group when `wandb` has the project and
-    group) and print the table; returns the number of failed jobs. Nothing when the sweep ended
-    before its folder was made (e.g. a sweeper that could not start)."""
+    group) and print the table; returns the number of jobs not done (format_sweep_report).
+    Nothing when the sweep ended before its folder was made (e.g. a sweeper that could not start)."""
     if not sweep_dir.is_dir():
         return 0
-    text, failed = format_sweep_report(sweep_dir)
+    text, not_done = format_sweep_report(sweep_dir, refused, ended)
     try:
         page = write_report(sweep_dir)
         text += f"\nreport: {page}"
@@ -80,7 +103,7 @@ def finish_sweep(sweep_dir: Path, wandb: dict[str, Any] | None = None) -> int:
     except Exception as err:  # the table still matters when a plot cannot be drawn or W&B fails
         text += f"\nreport not complete ({type(err).__name__}: {err})"
     print(text, flush=True)
-    return failed
+    return not_done
 
 
 def wandb_target(config: DictConfig) -> dict[str, Any] | None:
@@ -131,26 +154,7 @@ class SweepReport(Callback):
         if self._pending is not None:
             atexit.unregister(self._pending)
         sweep_dir = Path(config.hydra.sweep.dir)
-        failed = finish_sweep(sweep_dir, wandb_target(config))
-        runs = collect_runs(sweep_dir)
-        recorded = {str(r.folder.resolve()) for r in runs if r.status in FAILED}
-        refused = [f for f in self._not_ok if str(Path(f).resolve()) not in recorded]
-        if refused:
-            print(f"{len(refused)} job(s) did not run in this sweep (the reason is above):", flush=True)
-            print("\n".join(f"  {f}" for f in refused), flush=True)
-        # every job of this sweep has ended: "running" means another process has it (the same
-        # sweep started twice, jobs orphaned by a SIGKILLed sweep) or it was killed unrecorded
-        named = {str(Path(f).resolve()) for f in refused}
-        elsewhere = [r.folder.resolve() for r in runs if r.status == "running"]
-        elsewhere = [f for f in elsewhere if str(f) not in named]
-        if elsewhere:
-            print(
-                f"{len(elsewhere)} job(s) not finished by this sweep (another process has them, or "
-                "they were killed; rerun the same command when they are done):",
-                flush=True,
-            )
-            print("\n".join(f"  {f}" for f in elsewhere), flush=True)
-        if failed or refused or elsewhere:
+        if finish_sweep(sweep_dir, wandb_target(config), refused=self._not_ok, ended=True):
             sys.exit(1)
 
 

@@ -1,9 +1,11 @@
-"""argparse types shared by the command-line tools (resvae-eval, resvae-sample): a bad number is
-argparse's one-line usage error, not a traceback."""
+"""argparse pieces shared by the command-line tools that load a run's checkpoint (resvae-eval,
+resvae-sample): number types (a bad number is argparse's usage error, not a traceback) and the
+options that say where the model runs and where its data and config are."""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def positive_int(text: str) -> int:
@@ -18,3 +20,10 @@ def nonnegative_int(text: str) -> int:
     if value < 0:
         raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
+
+
+def add_run_options(p: argparse.ArgumentParser) -> None:
+    """--device, --data-root and --config, read by resvae.evaluate.pick_device and run_config."""
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    p.add_argument("--data-root", help="where the data is (replaces the run's data.root)")
+    p.add_argument("--config", type=Path, help="the run's config (default: RUN/.hydra/config.yaml)")

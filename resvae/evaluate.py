@@ -38,7 +38,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from resvae.checkpointing import CHECKPOINT_TAG, CheckpointError, read_checkpoint
-from resvae.cli_args import nonnegative_int, positive_int
+from resvae.cli_args import add_run_options, nonnegative_int, positive_int
 from resvae.data import DatasetError
 from resvae.errors import USER_ERRORS, one_line
 from resvae.io import atomic_write_json
@@ -566,9 +566,7 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--batch-size", type=positive_int, default=None, help="default: 500 on CUDA, 100 on CPU")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of all the randomness (default 0)")
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--data-root", help="where the data is (replaces the run's data.root)")
-    p.add_argument("--config", type=Path, help="the run's config (default: RUN/.hydra/config.yaml)")
+    add_run_options(p)
     p.add_argument("--out", type=Path, help="write the results here (default: RUN/eval.json)")
     return p
 

@@ -33,7 +33,7 @@ from types import SimpleNamespace
 import torch
 
 from resvae.callbacks.grids import save_grid
-from resvae.cli_args import nonnegative_int, positive_int
+from resvae.cli_args import add_run_options, nonnegative_int, positive_int
 from resvae.errors import one_line
 from resvae.evaluate import (
     INPUT_ERRORS,
@@ -157,9 +157,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--nrow", type=positive_int, default=8, help="images per row of the sample grids")
     p.add_argument("--split", choices=SPLITS, default="test", help="images to reconstruct and interpolate")
     p.add_argument("--seed", type=nonnegative_int, default=0)
-    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
-    p.add_argument("--data-root", help="where the data is (replaces the run's data.root)")
-    p.add_argument("--config", type=Path, help="the run's config (default: RUN/.hydra/config.yaml)")
+    add_run_options(p)
     return p
 
 

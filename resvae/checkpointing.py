@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import pickle
 import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -79,15 +80,46 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         ) from err
     except Exception as err:
         raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(err).__name__}: {err}); it may be truncated: "
-            "use another checkpoint (e.g. best.ckpt) or start the run again"
+            f"checkpoint {path} cannot be read: {unreadable_kind(path, err)}; use another checkpoint "
+            "(e.g. best.ckpt) or start the run again"
         ) from err
     if not isinstance(ckpt, dict) or CHECKPOINT_TAG not in ckpt:
         raise CheckpointError(
-            f"{path} is not a resvae checkpoint (no '{CHECKPOINT_TAG}' entry): it was not written "
-            "by resvae-train"
+            f"{path} is not a resvae checkpoint: {foreign_kind(ckpt)}, without the '{CHECKPOINT_TAG}' "
+            "entry that resvae-train writes into each checkpoint; use one from a resvae run folder"
         )
     return ckpt
+
+
+def unreadable_kind(path: Path, err: Exception) -> str:
+    """What a file that torch.load cannot read is, from its first bytes (for the error line);
+    torch's own words only where the bytes do not tell."""
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not head:
+        return "the file is empty (its write was interrupted)"
+    if head == b"PK\x03\x04":  # torch's zip format
+        if not zipfile.is_zipfile(path):
+            return "a zip archive whose end is missing: truncated, probably by an interrupted write or copy"
+        reason = (str(err).splitlines() or [""])[0][:160]
+        return f"a complete zip archive, not in PyTorch's checkpoint layout ({type(err).__name__}: {reason})"
+    if head[:1] == b"\x80":  # a pickle's PROTO opcode
+        return "a pickle in torch's legacy (pre-1.6, not zip) format, which resvae does not read"
+    return f"not a PyTorch checkpoint at all (it starts with {head!r})"
+
+
+def foreign_kind(ckpt: object) -> str:
+    """What a readable checkpoint without resvae's entry is."""
+    if not isinstance(ckpt, dict):
+        return f"it holds a {type(ckpt).__name__}, not a checkpoint dict"
+    if "pytorch-lightning_version" in ckpt:
+        return (
+            f"a Lightning {ckpt['pytorch-lightning_version']} checkpoint (epoch {ckpt.get('epoch', '?')}) "
+            "of another program or of a resvae from before its checkpoints were tagged"
+        )
+    if ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
+        return f"a bare state_dict of {len(ckpt)} tensors, not a training checkpoint"
+    return f"a dict with keys {', '.join(map(str, list(ckpt)[:5]))}"
 
 
 def check_compatible(info: dict[str, Any], model_class: str, shape: dict[str, Any], path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import netrc
 import os
@@ -94,50 +93,6 @@ def sweep_leaf(
     return os.environ.get(SWEEP_ENV) or run_leaf(overrides, excluded, also_excluded)
 
 
-USER_CONFIG_FLAGS = ("-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name")
-
-
-def _first_value(value: str) -> str:
-    """The first value of a sweep ("a,b,c" -> "a"), a bracketed list left whole."""
-    return value if value.startswith("[") else value.split(",", 1)[0]
-
-
-def unknown_override(argv: Sequence[str]) -> str | None:
-    """A message for the first dotted override whose key the config does not have (naming the key
-    it probably meant), or None. Keys added with + or removed with ~, Hydra's own keys and runs
-    with a user config folder are left to Hydra."""
-    from hydra import compose, initialize_config_dir
-
-    if any(arg in USER_CONFIG_FLAGS or arg.startswith(USER_CONFIG_FLAGS) for arg in argv):
-        return None
-    overrides = [a for a in argv if "=" in a and not a.startswith(("-", "+", "~", "hydra.", "hydra/"))]
-    groups = [f"{k}={_first_value(v)}" for k, v in (o.split("=", 1) for o in overrides) if "." not in k]
-    try:
-        with initialize_config_dir(str(config_dir()), version_base="1.3"):
-            cfg = compose("train", overrides=groups)
-    except Exception:  # a bad group choice: Hydra's own message says which
-        return None
-    keys = _dotted_keys(OmegaConf.to_container(cfg, resolve=False))
-    for key in (o.split("=", 1)[0] for o in overrides if "." in o.split("=", 1)[0]):
-        if key in keys or any(k.startswith(key + ".") for k in keys):
-            continue
-        leaf = key.rsplit(".", 1)[-1]
-        guess = [k for k in keys if k.endswith("." + leaf)] or difflib.get_close_matches(key, keys, n=1)
-        hint = f"; did you mean {guess[0]}?" if guess else "; `resvae-train --cfg job` lists the keys"
-        return f"{key} is not a key of this config{hint} (to add a new key on purpose, write +{key}=...)"
-    return None
-
-
-def _dotted_keys(node: object, prefix: str = "") -> set[str]:
-    if not isinstance(node, dict):
-        return set()
-    keys = set()
-    for k, v in node.items():
-        keys.add(f"{prefix}{k}")
-        keys |= _dotted_keys(v, f"{prefix}{k}.")
-    return keys
-
-
 def register_resolvers() -> None:
     for name, fn in (
         ("auto_precision", auto_precision),
@@ -147,6 +102,14 @@ def register_resolvers() -> None:
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)
+
+
+def config_problem(argv: Sequence[str]) -> str | None:
+    """A one-line message for the first problem of a command line's overrides, or None
+    (resvae/preflight.py)."""
+    from resvae.preflight import config_problem as check  # it composes configs: imported late
+
+    return check(argv)
 
 
 register_resolvers()

@@ -12,7 +12,9 @@ Per image, then averaged with the standard error over images (std / sqrt(n)): th
 PSNR and SSIM of the posterior-mean reconstruction, and for a VAE the posterior diagnostics
 (active units, KL per latent dimension). The numbers are a function of the checkpoint, the split,
 K, the batch size and `--seed` (see `batch_seed`); the run's data config (`.hydra/config.yaml`)
-says which images the split holds. What it computes and how to read eval.json: docs/evaluate.md.
+says which images the split holds, read from the data root that resvae/data_root.py picks (as
+resvae-analyze and resvae-sample do; one line on stderr says which and why). What it computes and
+how to read eval.json: docs/evaluate.md.
 
 Exit codes: 0 all evaluated; 1 an evaluation failed (non-finite weights or values), or any run
 of a sweep failed; 2 an error of the input (missing path, no or bad checkpoint, missing data,
@@ -40,6 +42,15 @@ from omegaconf import DictConfig, OmegaConf
 from resvae.checkpointing import CHECKPOINT_TAG, CheckpointError, read_checkpoint
 from resvae.cli_args import add_run_options, nonnegative_int, positive_int
 from resvae.data import DatasetError
+from resvae.data_root import (
+    DataRoot,
+    check_fingerprint,
+    describe,
+    reads_files,
+    resolve_data_root,
+    run_folder,
+    with_root,
+)
 from resvae.errors import USER_ERRORS, one_line
 from resvae.io import atomic_write_json
 from resvae.models.base import LatentModel
@@ -79,7 +90,14 @@ def is_run_dir(folder: Path) -> bool:
 
 
 def find_checkpoint(run_dir: Path) -> Path:
-    """The run folder's checkpoints/best.ckpt, else checkpoints/last.ckpt."""
+    """The run folder's checkpoints/best.ckpt, else checkpoints/last.ckpt; refused where the run
+    validated but no epoch had a finite val/loss (a diverged run: its last weights are not a
+    result, and a tool would only fail on them later)."""
+    if not (run_dir / "checkpoints" / CHECKPOINT_NAMES[0]).is_file() and (diverged := _diverged(run_dir)):
+        raise CheckpointError(
+            f"{run_dir} has no best.ckpt: no epoch had a finite val/loss ({diverged}); to look at its "
+            f"last weights anyway, pass {run_dir / 'checkpoints' / CHECKPOINT_NAMES[1]}"
+        )
     for name in CHECKPOINT_NAMES:
         path = run_dir / "checkpoints" / name
         if path.is_file():
@@ -91,12 +109,20 @@ def find_checkpoint(run_dir: Path) -> Path:
     )
 
 
+def _diverged(run_dir: Path) -> str | None:
+    """summary.json's error when the run failed with no finite validation loss, else None."""
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None
+    if summary.get("status") == "failed" and summary.get("best_val_loss") is None and summary.get("epochs"):
+        return str(summary.get("error") or "the run failed")
+    return None
+
+
 def run_dir_of(checkpoint: Path) -> Path | None:
-    """The run folder a checkpoint belongs to: RUN/checkpoints/x.ckpt -> RUN."""
-    parent = checkpoint.parent
-    if parent.name == "checkpoints":
-        return parent.parent
-    return parent if (parent / ".hydra").is_dir() else None
+    """The run folder a checkpoint belongs to: RUN/checkpoints/x.ckpt -> RUN (resvae.data_root)."""
+    return run_folder(checkpoint)
 
 
 def run_dirs_below(root: Path) -> list[Path]:
@@ -163,30 +189,26 @@ def run_config(target: Target, config_file: Path | None) -> DictConfig:
     )
 
 
-def _training_cwd(run_dir: Path | None) -> Path | None:
-    """The folder resvae-train ran in (Hydra's runtime.cwd): relative data roots start there."""
-    if run_dir is None or not (run_dir / ".hydra" / "hydra.yaml").is_file():
-        return None
-    try:
-        cwd = OmegaConf.select(OmegaConf.load(run_dir / ".hydra" / "hydra.yaml"), "hydra.runtime.cwd")
-    except Exception:
-        return None
-    return Path(cwd) if cwd else None
-
-
 @dataclass
 class SplitImages:
     images: torch.Tensor  # uint8 [N, C, H, W] on the CPU
     held_out: bool
     note: str | None  # why the split is not held out
     val_source: str | None
+    data_line: str = ""  # where the images come from and why (resvae.data_root.describe)
+    warning: str | None = None  # they are not the images the run was trained on
 
 
 def load_split(
-    cfg: DictConfig, split: str, data_root: str | None = None, run_dir: Path | None = None
+    cfg: DictConfig,
+    split: str,
+    root: DataRoot | None = None,
+    checkpoint_info: dict[str, Any] | None = None,
 ) -> SplitImages:
     """The images of `split` as the run's `data` config defines them (same sizes, same
-    validation hold-out, same seed). Never downloads: missing data is a DatasetError."""
+    validation hold-out, same seed), read from `root` (resvae.data_root.resolve_data_root; None:
+    the config's own data.root). Never downloads: missing data is a DatasetError. With the
+    checkpoint's resvae entry, images other than the run's give a warning (SplitImages.warning)."""
     from hydra.utils import instantiate
 
     if split not in SPLITS:
@@ -200,22 +222,17 @@ def load_split(
             f"the run's data config targets {target or 'nothing'!r}, not one of resvae's data modules "
             "(resvae.data.*): refusing to import it"
         )
-    if "root" in data:
-        if data_root is not None:
-            data["root"] = data_root
-        else:
-            root, cwd = Path(str(data["root"])).expanduser(), _training_cwd(run_dir)
-            if not root.is_absolute() and cwd is not None and (cwd / root).is_dir():
-                data["root"] = str(cwd / root)  # relative to where the run was trained
-        if "download" in data:
-            data["download"] = False
-    elif data_root is not None:
+    if root is None:
+        root = DataRoot(Path(str(data.get("root", "."))), "run", "from the run's config")
+    elif root.source == "option" and not reads_files(data):
         print(f"{PROG}: note: --data-root ignored: the run's data ({target}) reads no files", file=sys.stderr)
+    data = with_root(data, root)
     module = instantiate(data)
     try:
+        warning = check_fingerprint(module, checkpoint_info or {})  # reads the images
         module.setup()
     except DatasetError as err:
-        raise DatasetError(f"{one_line(err)} (for {PROG}: pass --data-root DIR)") from err
+        raise DatasetError(f"{one_line(err)} (data.root {root.why}; pass --data-root DIR)") from err
     val_source = data.get("val_source")
     if split == "test" and val_source != "test":
         held_out, note = True, None
@@ -232,7 +249,7 @@ def load_split(
         )
     else:
         held_out, note = False, "the training split fitted the weights"
-    return SplitImages(module.splits[split].cpu(), held_out, note, val_source)
+    return SplitImages(module.splits[split].cpu(), held_out, note, val_source, describe(data, root), warning)
 
 
 # ---------------------------------------------------------------------------------- the numbers
@@ -466,7 +483,8 @@ def evaluate_target(target: Target, args: argparse.Namespace, device: torch.devi
     info = read_checkpoint(checkpoint)[CHECKPOINT_TAG]
     model = load_model(checkpoint, device)
     cfg = run_config(target, args.config)
-    data = load_split(cfg, args.split, args.data_root, target.run_dir)
+    root = resolve_data_root(args.data_root, target.run_dir or checkpoint, args.config)
+    data = load_split(cfg, args.split, root, info)
     model.check_data_shape(SimpleNamespace(image_shape=tuple(data.images.shape[1:])))
     iw = args.iw_samples if args.iw_samples is not None else (1000 if device.type == "cuda" else 100)
     batch_size = args.batch_size or (500 if device.type == "cuda" else 100)
@@ -480,6 +498,9 @@ def evaluate_target(target: Target, args: argparse.Namespace, device: torch.devi
         split=args.split,
         progress=_progress(target.label),
     )
+    # said once the numbers exist: a failed evaluation stays one error line (which names the root
+    # when the data is missing)
+    report_data(data, "" if target.label == str(args.path) else f"{target.label}: ")  # a sweep's run
     refused = bpd_refusal(model, info)
     if refused is not None:
         numbers.update(bpd=None, bpd_se=None, bpd_iw=None, bpd_iw_se=None)
@@ -493,6 +514,8 @@ def evaluate_target(target: Target, args: argparse.Namespace, device: torch.devi
         "held_out": data.held_out,
         "held_out_note": data.note,
         "val_source": data.val_source,
+        "data": data.data_line,
+        "data_warning": data.warning,
         "seed": args.seed,
         "batch_size": batch_size,
         "device": _device_name(device),
@@ -505,6 +528,14 @@ def evaluate_target(target: Target, args: argparse.Namespace, device: torch.devi
     atomic_write_json(out, result)
     result["eval_json"] = str(out)
     return result
+
+
+def report_data(data: SplitImages, prefix: str = "") -> None:
+    """The tools' line on stderr saying where the images came from (stdout keeps the results),
+    and the warning when they are not the run's."""
+    print(f"{prefix}{data.data_line}", file=sys.stderr, flush=True)
+    if data.warning:
+        print(f"{prefix}{data.warning}", file=sys.stderr, flush=True)
 
 
 def _device_name(device: torch.device) -> str:

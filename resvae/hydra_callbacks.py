@@ -8,7 +8,11 @@ other exception makes Hydra's basic sweeper re-raise it after the sweep, which s
 on_multirun_end; so the report is also registered with atexit and written however the process
 ends (the exit code then stays Hydra's, non-zero). A job refused before it owned its folder (in
 use by another trainer) writes nothing there; an in-process job of that kind is listed after
-the table and also makes the sweep exit 1.
+the table and also makes the sweep exit 1. The table tells apart jobs that failed, jobs that
+were interrupted (a stop signal: status `interrupted`, last.ckpt saved, the same command resumes
+them) and, for Hydra's basic sweeper, whose job list is known in advance (`sweep_jobs`), jobs
+that never started. Logging the report to W&B may fail (after a stop signal W&B has shut down
+before the report is written at exit): that is one line, and the report is still written.
 
 Under `hydra/launcher=submitit_local` the jobs are child processes of the sweep, which would
 keep training when the sweep process is stopped. `SweepReport` then forwards SIGTERM and SIGINT
@@ -25,7 +29,9 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import copy
 import fcntl
+import itertools
 import logging
 import math
 import os
@@ -33,7 +39,8 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -47,25 +54,104 @@ from resvae.report import FAILED, collect_runs, log_report_to_wandb, write_repor
 
 log = logging.getLogger("resvae.sweep")
 
+# the _target_ of Hydra's default sweeper (compared as text: its module is Hydra's, not imported)
+BASIC_SWEEPER = "hydra._internal.core_plugins.basic_sweeper.BasicSweeper"
+NOT_STARTED = "not started"
 
-def format_sweep_report(sweep_dir: Path, refused: Sequence[str] = (), ended: bool = False) -> tuple[str, int]:
-    """(the table of jobs with the failed ones listed, the number of jobs not done). `refused`:
-    output folders of this process's jobs that were refused before they owned their folder (they
-    wrote nothing there). `ended`: all of the sweep's jobs have ended, so a folder still
-    `running` is another process's (the same sweep started twice, jobs orphaned by a SIGKILLed
-    sweep) or was killed unrecorded."""
+
+@dataclass(frozen=True)
+class SweepJob:
+    """One job of the sweep: its overrides, as Hydra's basic sweeper makes them, and its folder."""
+
+    overrides: tuple[str, ...]
+    folder: Path
+
+
+def sweep_jobs(config: DictConfig) -> list[SweepJob] | None:
+    """Every job of a basic-sweeper multirun, in the order they run, or None when the job list
+    cannot be known here (another sweeper, e.g. Optuna's, picks its trials as it goes; a sweep
+    kind the basic sweeper refuses anyway).
+
+    As the basic sweeper does: the config's hydra.sweeper.params, then the command line's
+    overrides, parsed with Hydra's override parser; a later override of a key replaces the
+    earlier one in its place; the jobs are the cartesian product of the values, in order. Each
+    job's folder is hydra.sweep.dir / hydra.sweep.subdir resolved with the job's overrides and
+    number, as the launcher resolves it."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    sweeper = config.hydra.get("sweeper") or {}
+    if sweeper.get("_target_") != BASIC_SWEEPER:
+        return None
+    words = [f"{k}={v}" for k, v in (sweeper.get("params") or {}).items()]
+    words += list(config.hydra.overrides.task)
+    choices: dict[str, list[str]] = {}
+    try:
+        for override in OverridesParser.create().parse_overrides(words):
+            key = override.get_key_element()
+            if not override.is_sweep_override():
+                choices[key] = [f"{key}={override.get_value_element_as_str()}"]
+            elif override.is_discrete_sweep():
+                choices[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+            else:
+                return None  # a range the basic sweeper does not run
+        combos = [tuple(c) for c in itertools.product(*choices.values())]
+        sweep_dir = Path(str(config.hydra.sweep.dir))  # the sweep's, named by its own command line
+        return [SweepJob(c, sweep_dir / _job_subdir(config, list(c), i)) for i, c in enumerate(combos)]
+    except Exception as err:  # e.g. a glob over config groups needs Hydra's config loader
+        log.info("the sweep's job list is not known (%s): jobs that never start are not listed", err)
+        return None
+
+
+def _job_subdir(config: DictConfig, overrides: list[str], num: int) -> str:
+    job = copy.deepcopy(config)
+    with read_write(job), open_dict(job):
+        job.hydra.overrides.task = overrides
+        job.hydra.job.num = num
+        return str(OmegaConf.select(job, "hydra.sweep.subdir"))
+
+
+def format_sweep_report(
+    sweep_dir: Path,
+    refused: Sequence[str] = (),
+    ended: bool = False,
+    jobs: Sequence[SweepJob] | None = None,
+    started: Collection[tuple[str, ...]] = (),
+) -> tuple[str, int]:
+    """(the table of jobs with the failed, interrupted and not started ones listed, the number
+    of jobs not done). `refused`: output folders of this process's jobs that were refused before
+    they owned their folder (they wrote nothing there). `ended`: all of the sweep's jobs have
+    ended, so a folder still `running` is another process's (the same sweep started twice, jobs
+    orphaned by a SIGKILLed sweep) or was killed unrecorded. `jobs`: the sweep's job list
+    (sweep_jobs), whose jobs with no folder that were not `started` (overrides seen by
+    on_job_start) never started (the sweep was stopped first, or a job's exception ended it)."""
     runs = collect_runs(sweep_dir)
-    lines = [f"sweep {sweep_dir}: {len(runs)} job(s)"]
+    have = {r.folder.resolve() for r in runs}
+    gone = {Path(f).resolve() for f in refused}
+    waiting = [
+        j
+        for j in jobs or ()
+        if j.folder.resolve() not in have and j.folder.resolve() not in gone and j.overrides not in started
+    ]
+    lines = [f"sweep {sweep_dir}: {len(runs) + len(waiting)} job(s)"]
     for r in runs:
         s = r.summary
         lines.append(
             f"  {r.name:<40} {r.status:<11} depth={s.get('depth')} epochs={s.get('epochs')} "
             f"best_val_loss={s.get('best_val_loss')}"
         )
-    failed = [r for r in runs if r.status in FAILED]
+    lines += [f"  {j.folder.name:<40} {NOT_STARTED}" for j in waiting]
+    failed = [r for r in runs if r.status in FAILED and r.status != "interrupted"]
     if failed:
         lines.append(f"{len(failed)} job(s) FAILED:")
         lines += [f"  {r.folder}: {r.error}" for r in failed]
+    stopped = [r for r in runs if r.status == "interrupted"]
+    if stopped:
+        lines.append(f"{len(stopped)} job(s) interrupted (rerun the same command to resume them):")
+        lines += [f"  {r.folder}" for r in stopped]
+    if waiting:
+        lines.append(f"{len(waiting)} job(s) {NOT_STARTED} (rerun the same command to run them):")
+        lines += [f"  {j.folder}" for j in waiting]
+    failed += stopped
     named = {r.folder.resolve() for r in failed}
     unrecorded = [Path(f).resolve() for f in refused if Path(f).resolve() not in named]
     if unrecorded:
@@ -80,7 +166,7 @@ def format_sweep_report(sweep_dir: Path, refused: Sequence[str] = (), ended: boo
             "were killed; rerun the same command when they are done):"
         )
         lines += [f"  {f}" for f in elsewhere]
-    return "\n".join(lines), len(failed) + len(unrecorded) + len(elsewhere)
+    return "\n".join(lines), len(failed) + len(unrecorded) + len(elsewhere) + len(waiting)
 
 
 def finish_sweep(
@@ -88,22 +174,40 @@ def finish_sweep(
     wandb: dict[str, Any] | None = None,
     refused: Sequence[str] = (),
     ended: bool = False,
+    jobs: Sequence[SweepJob] | None = None,
+    started: Collection[tuple[str, ...]] = (),
 ) -> int:
     """Write the report (and log it to W&B in the sweep's group when `wandb` has the project and
     group) and print the table; returns the number of jobs not done (format_sweep_report).
     Nothing when the sweep ended before its folder was made (e.g. a sweeper that could not start)."""
     if not sweep_dir.is_dir():
         return 0
-    text, not_done = format_sweep_report(sweep_dir, refused, ended)
+    text, not_done = format_sweep_report(sweep_dir, refused, ended, jobs, started)
     try:
         page = write_report(sweep_dir)
         text += f"\nreport: {page}"
-        if wandb and os.environ.get("WANDB_MODE", "").lower() != "disabled":
-            log_report_to_wandb(sweep_dir, **wandb)
-    except Exception as err:  # the table still matters when a plot cannot be drawn or W&B fails
+    except Exception as err:  # the table still matters when a plot cannot be drawn
         text += f"\nreport not complete ({type(err).__name__}: {err})"
+    else:
+        if wandb and os.environ.get("WANDB_MODE", "").lower() != "disabled":
+            text += _log_to_wandb(sweep_dir, wandb)
     print(text, flush=True)
     return not_done
+
+
+def _log_to_wandb(sweep_dir: Path, wandb: dict[str, Any]) -> str:
+    """Log the written report to W&B; a failure is one line, never a lost report. After a stop
+    signal the sweep writes its report at exit, when W&B's own exit hook (registered after ours,
+    so run before it) has shut its service down: wandb.init then fails (MailboxClosedError)."""
+    try:
+        log_report_to_wandb(sweep_dir, **wandb)
+    except Exception as err:
+        detail = " ".join(str(err).split()) or "no message"
+        return (
+            f"\nW&B logging of the report skipped: {type(err).__name__}: {detail} (the report is written; "
+            f"`resvae-report {sweep_dir} --wandb-project {wandb.get('project')}` logs it)"
+        )
+    return ""
 
 
 def wandb_target(config: DictConfig) -> dict[str, Any] | None:
@@ -126,6 +230,8 @@ class SweepReport(Callback):
         self._pending: Any = None
         self._study: OptunaStudy | None = None
         self._not_ok: list[str] = []  # output folders of this process's jobs that returned NaN
+        self._jobs: list[SweepJob] | None = None  # the sweep's job list, when it is known
+        self._started: set[tuple[str, ...]] = set()  # overrides of the jobs started in this process
         self.stop_grace_s = stop_grace_s
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
@@ -134,13 +240,19 @@ class SweepReport(Callback):
             config.hydra.overrides.task, config.run.excludes, config.run.name_excludes
         )
         sweep_dir, wandb = Path(config.hydra.sweep.dir), wandb_target(config)
-        self._pending = lambda: finish_sweep(sweep_dir, wandb)
+        self._jobs = sweep_jobs(config)
+        # at exit (a stop signal, a job's exception): the same report, with what is known then
+        self._pending = lambda: finish_sweep(sweep_dir, wandb, self._not_ok, False, self._jobs, self._started)
         atexit.register(self._pending)
         if OptunaStudy.applies(config):
             self._study = OptunaStudy()
             self._study.prepare(config, sweep_dir)
         if is_submitit_local(config):
             JobStopper(grace_s=self.stop_grace_s).install()
+
+    def on_job_start(self, config: DictConfig, **kwargs: Any) -> None:
+        # In-process jobs only, as on_job_end: a job refused before it made its folder started
+        self._started.add(tuple(config.hydra.overrides.task))
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         # In-process jobs only (basic launcher; submitit runs this in the job's process). A job
@@ -154,6 +266,7 @@ class SweepReport(Callback):
         if self._pending is not None:
             atexit.unregister(self._pending)
         sweep_dir = Path(config.hydra.sweep.dir)
+        # every job has returned by now, so none is `not started` (the job list is for the exit path)
         if finish_sweep(sweep_dir, wandb_target(config), refused=self._not_ok, ended=True):
             sys.exit(1)
 

@@ -83,6 +83,19 @@ def config_hash(config: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def without_new_nulls(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[str, Any]:
+    """`new` less the keys that `old` lacks and whose value is null: a key a later version of the
+    suite added at a null default, so a run trained before it existed is still the same run."""
+    kept = {}
+    for key, value in new.items():
+        if key not in old and value is None:
+            continue
+        if isinstance(value, Mapping) and isinstance(old.get(key), Mapping):
+            value = without_new_nulls(old[key], value)
+        kept[key] = value
+    return kept
+
+
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> list[str]:
     """'key: old -> new' for every dotted key whose value differs (missing shows as <unset>)."""
     diffs = []
@@ -243,6 +256,8 @@ class Run:
         for stored_hash, stored, where in self._stored_configs():
             if stored_hash == self.config_hash:
                 continue
+            if stored is not None and config_hash(without_new_nulls(stored, self.config)) == stored_hash:
+                continue  # the same run, trained before a key this version added at null
             diffs = config_differences(stored or {}, self.config) or ["(the stored config is not available)"]
             shown = "; ".join(diffs[:8]) + (f"; and {len(diffs) - 8} more" if len(diffs) > 8 else "")
             raise RunFolderError(

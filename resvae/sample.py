@@ -33,7 +33,9 @@ from types import SimpleNamespace
 import torch
 
 from resvae.callbacks.grids import save_grid
+from resvae.checkpointing import CHECKPOINT_TAG, read_checkpoint
 from resvae.cli_args import add_run_options, nonnegative_int, positive_int
+from resvae.data_root import resolve_data_root
 from resvae.errors import one_line
 from resvae.evaluate import (
     INPUT_ERRORS,
@@ -44,6 +46,7 @@ from resvae.evaluate import (
     load_split,
     nonfinite_weights,
     pick_device,
+    report_data,
     run_config,
     targets_of,
 )
@@ -125,7 +128,10 @@ def sample_target(target: Target, args: argparse.Namespace, device: torch.device
     images = None
     if args.n_recon or args.interpolations:
         cfg = run_config(target, args.config)
-        images = load_split(cfg, args.split, args.data_root, target.run_dir).images
+        root = resolve_data_root(args.data_root, target.run_dir or checkpoint, args.config)
+        data = load_split(cfg, args.split, root, read_checkpoint(checkpoint)[CHECKPOINT_TAG])
+        report_data(data)
+        images = data.images
         model.check_data_shape(SimpleNamespace(image_shape=tuple(images.shape[1:])))
     written = prior_grids(model, out, args.temperatures, args.n, args.nrow, args.seed)
     if images is not None and args.n_recon:

@@ -21,7 +21,6 @@ from typing import Any
 
 import hydra
 import lightning as L
-import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import instantiate
@@ -35,10 +34,11 @@ from resvae import errors
 from resvae.callbacks import Preempted, Preemption, RNGState, RunSummary, RunTag
 from resvae.callbacks.preemption import StopNow
 from resvae.checkpointing import AtomicCheckpointIO, BackgroundCheckpointIO, read_checkpoint
-from resvae.config import config_dir, unknown_override
+from resvae.config import config_dir, config_problem
 from resvae.io import atomic_write
 from resvae.loggers import MetricsCSVLogger, finish_wandb, wandb_summary_mirror
 from resvae.models import NonFiniteTrainingError
+from resvae.numerics import set_float32_precision
 from resvae.run import Run, checkpoint_callbacks, git_commit, hashed_config
 
 log = logging.getLogger("resvae.train")
@@ -115,7 +115,7 @@ def train(cfg: DictConfig) -> float | None:
             return run.result()
         save_config_record(cfg, run.folder)
         L.seed_everything(cfg.seed, workers=True)
-        torch.set_float32_matmul_precision(cfg.matmul_precision)
+        set_float32_precision(cfg.matmul_precision, cfg.get("conv_precision"))  # convolutions too
         loggers = make_loggers(cfg, run)  # before the model, so that a failing job shows in W&B
         model = instantiate(cfg.model, _convert_="all")
         run.check_checkpoint(type(model).__name__, model.shape_signature())
@@ -165,7 +165,7 @@ def main(cfg: DictConfig) -> float | None:
 def cli() -> None:
     """The console script: a mistyped or renamed config key is one clear line (with the key it
     probably meant) before Hydra starts, rather than Hydra's advice to append it with '+'."""
-    problem = unknown_override(sys.argv[1:])
+    problem = config_problem(sys.argv[1:])
     if problem:
         print(f"resvae-train: error: {problem}", file=sys.stderr)
         raise SystemExit(2)

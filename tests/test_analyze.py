@@ -146,6 +146,7 @@ def test_lesion_cli_writes_tables_and_plot_into_the_run_folder(tmp_path: Path, c
         "lesion.json",
         "lesion_blocks.csv",
         "lesion_k.csv",
+        "lesion_intact.csv",
         "lesion.png",
     }
     report = json.loads((out / "lesion.json").read_text())
@@ -162,6 +163,68 @@ def test_lesion_cli_writes_tables_and_plot_into_the_run_folder(tmp_path: Path, c
     assert main(["lesion", str(res), str(plain), "--images", "4", "--draws", "1", "--out", str(both)]) == 0
     labels = {r["label"] for r in read_csv(both / "lesion_k.csv")}
     assert labels == {"res", "plain"}
+
+
+def _recorded_run(tmp_path: Path, name: str, model, val_loss: float) -> Path:
+    """A run folder with the model's best.ckpt and a summary.json recording `val_loss`."""
+    ckpt = save_checkpoint(model, tmp_path / name / "checkpoints" / "best.ckpt")
+    (tmp_path / name / "summary.json").write_text(json.dumps({"best_val_loss": val_loss}))
+    return ckpt
+
+
+def test_lesion_warns_when_batchnorm_statistics_do_not_fit_and_reestimation_recovers(tmp_path: Path, capsys):
+    """Issue 23: a plain network whose BatchNorm running statistics do not fit the images has an
+    intact loss far from its recorded validation loss, and deleting blocks then measures that
+    drift. The lesion study warns; --bn-reestimate brings the intact loss back to the recorded
+    one and reports both losses per deleted block."""
+    from resvae.analyze import batch_norms, mean_loss, reestimate_batch_norm
+    from resvae.data import SyntheticDataModule
+
+    model = vae(28, shortcut="none")  # plain, BatchNorm
+    dm = SyntheticDataModule(**{k: v for k, v in DATA.items() if k != "_target_"})
+    dm.setup()
+    reestimate_batch_norm(model, dm.splits["train"], seed=0, batch=16)  # statistics as training leaves them
+    val_loss = mean_loss(model, dm.splits["val"], seed=0, batch=16)  # what the run records
+    args = ["--images", "16", "--draws", "1", "--k-max", "2", "--device", "cpu"]
+    good = _recorded_run(tmp_path, "good", model, val_loss)
+    assert main(["lesion", str(good), *args]) == 0
+    assert "WARNING" not in capsys.readouterr().err
+    intact = json.loads((tmp_path / "good" / "analysis" / "lesion.json").read_text())["models"][0]["intact"]
+    assert intact["agrees"] is True and intact["recorded_from"] == "summary.json best_val_loss"
+
+    with torch.no_grad():
+        for bn in batch_norms(model.objective):  # statistics of other images: every layer shifted
+            bn.running_mean.sub_(2.0)
+    bad = _recorded_run(tmp_path, "bad", model, val_loss)
+    assert main(["lesion", str(bad), *args]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING: bad: the intact model's test loss" in err and "rerun with --bn-reestimate N" in err
+    (r,) = json.loads((tmp_path / "bad" / "analysis" / "lesion.json").read_text())["models"]
+    assert r["kind"] == "plain" and r["intact"]["agrees"] is False and r["intact"]["ratio"] > 1.5
+    (row,) = read_csv(tmp_path / "bad" / "analysis" / "lesion_intact.csv")
+    assert row["agrees"] == "False" and row["warning"].startswith("the intact model's test loss")
+
+    out = tmp_path / "reestimated"
+    assert main(["lesion", str(bad), *args, "--bn-reestimate", "3", "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "WARNING" in err and "with BatchNorm re-estimated the intact loss is" in err
+    (fixed,) = json.loads((out / "lesion.json").read_text())["models"]
+    assert fixed["bn_reestimate_images"] == 48  # 3 batches of the run's 16 (its 48 training images)
+    assert fixed["baseline_loss"] == pytest.approx(r["baseline_loss"])  # the plain losses unchanged
+    assert 0.8 < fixed["intact"]["ratio_bn_reestimated"] < 1.25, fixed["intact"]
+    deleted_rows = [b for b in fixed["blocks"] if b["deletable"]]
+    assert deleted_rows and all(b["loss_bn_reestimated"] is not None for b in deleted_rows)
+    assert all(
+        b["increase_bn_reestimated"]
+        == pytest.approx(b["loss_bn_reestimated"] - fixed["baseline_loss_bn_reestimated"])
+        for b in deleted_rows
+    )
+    assert fixed["k"][0]["mean_increase_bn_reestimated"] is not None
+    # the checkpoint's statistics are what every "without" loss used: re-estimation is undone
+    again = lesion_study(subject(model), images(8), draws=1, seed=0, batch=8, k_max=1)
+    lesion_study(subject(model), images(8), draws=1, seed=0, batch=8, k_max=1, bn_images=dm.splits["train"])
+    after = lesion_study(subject(model), images(8), draws=1, seed=0, batch=8, k_max=1)
+    assert after["baseline_loss"] == again["baseline_loss"]
 
 
 # ------------------------------------------------------------------------------------- gradients
@@ -286,7 +349,8 @@ def _fake_sweep(root: Path) -> Path:
 def test_compare_sweep_table_and_plot(tmp_path: Path):
     sweep = _fake_sweep(tmp_path / "multirun")
     written = compare_sweep(sweep, "degradation", x="model.arch.depth", series="model.arch.shortcut")
-    assert [p.name for p in written] == [f"degradation.{e}" for e in ("csv", "json", "md", "png")]
+    names = "degradation.csv degradation_seeds.csv degradation.json degradation.md degradation.png"
+    assert [p.name for p in written] == names.split()
     rows = read_csv(sweep / "analysis" / "degradation.csv")
     assert [(r["model.arch.shortcut"], r["model.arch.depth"], r["train_loss"]) for r in rows[:4]] == [
         ("identity", "28", "10.0"),
@@ -298,6 +362,72 @@ def test_compare_sweep_table_and_plot(tmp_path: Path):
     assert "| model.arch.shortcut | model.arch.depth |" in (sweep / "analysis" / "degradation.md").read_text()
     bars = compare_sweep(sweep, "variants", series="model.arch.shortcut")  # no x: bars per job
     assert bars[-1].name == "variants.png" and png_size(bars[-1])[0] > 500
+
+
+def test_compare_shows_mean_and_sd_over_seeds_with_n(tmp_path: Path):
+    """Runs whose configs differ only in their seeds (seed, and data.seed that it sets) are one
+    configuration: mean ± sd over them, n shown. A run differing in anything else is not grouped."""
+    import statistics
+
+    from resvae.analyze import compare_figure, seed_means
+
+    sweep = tmp_path / "multirun"
+    runs = {  # (depth, shortcut, seed, lr): final training loss
+        (28, "none", 0, 1e-3): 12.0, (28, "none", 1, 1e-3): 13.0, (28, "none", 2, 1e-3): 17.0,
+        (28, "identity", 0, 1e-3): 10.0, (28, "identity", 1, 1e-3): 11.0,
+        (28, "identity", 0, 5e-3): 30.0,  # another learning rate: its own configuration
+    }  # fmt: skip
+    for (depth, shortcut, seed, lr), loss in runs.items():
+        job = sweep / f"depth={depth},shortcut={shortcut},seed={seed},lr={lr}"
+        job.mkdir(parents=True)
+        model = {"arch": {"depth": depth, "shortcut": shortcut}, "optimizer": {"lr": lr}}
+        config = {"seed": seed, "data": {"seed": seed}, "model": model}
+        summary = {
+            "status": "finished",
+            "config": config,
+            "seed": seed,
+            "train_loss": loss,
+            "val_loss": loss + 1,
+        }
+        (job / "summary.json").write_text(json.dumps(summary))
+    compare_sweep(sweep, "seeds", x="model.arch.depth", series="model.arch.shortcut")
+    groups = read_csv(sweep / "analysis" / "seeds_seeds.csv")
+    table = {(g["model.arch.shortcut"], g["n"], g["seeds"]): g for g in groups}
+    assert sorted(table) == [("identity", "1", "0"), ("identity", "2", "0 1"), ("none", "3", "0 1 2")]
+    plain = table[("none", "3", "0 1 2")]
+    assert float(plain["train_loss"]) == pytest.approx(14.0)
+    assert float(plain["train_loss_sd"]) == pytest.approx(statistics.stdev([12.0, 13.0, 17.0]))
+    assert plain["train_loss_n"] == "3" and table[("identity", "1", "0")]["train_loss_sd"] == ""
+    md = (sweep / "analysis" / "seeds.md").read_text()
+    assert f"| none | 28 | 3 | 0 1 2 | 14 ± {statistics.stdev([12.0, 13.0, 17.0]):.3g} |" in md
+    assert "| identity | 28 | 1 | 0 | 30 |" in md  # one run: no sd
+    report = json.loads((sweep / "analysis" / "seeds.json").read_text())
+    assert len(report["runs"]) == 6 and len(report["seed_means"]) == 3
+    rows = report["runs"]
+    fig = compare_figure(seed_means(rows, ["model.arch.shortcut", "model.arch.depth"]), "seeds",
+                         "model.arch.depth", "model.arch.shortcut")  # fmt: skip
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "model.arch.shortcut=none, final (n=3)" in legend
+    assert "model.arch.shortcut=identity, final (n=1-2)" in legend
+    assert "mean ± sd over seeds" in fig.get_suptitle()
+
+
+def test_lesion_and_gradient_plots_say_which_network_is_plain(tmp_path: Path):
+    from resvae.analyze import plot_gradients, plot_lesion
+
+    x = images(4)
+    res = subject(vae(28))
+    plain = subject(vae(28, shortcut="none"))
+    plain.label = "deep"
+    results = [lesion_study(s, x, draws=1, seed=0, batch=4, k_max=1) for s in (res, plain)]
+    fig = plot_lesion(results)
+    legend = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert legend == ["residual (shortcut identity): tiny", "plain (shortcut none): deep"]
+    assert "plain (shortcut none) vs residual" in fig.get_suptitle()
+    profiles = [{**s.describe(), "blocks": gradient_profile(s.model, x, seed=0)} for s in (res, plain)]
+    fig = plot_gradients(profiles)
+    assert [t.get_text() for t in fig.axes[1].get_legend().get_texts()] == legend
+    assert "plain (shortcut none) vs residual" in fig.get_suptitle()
 
 
 def test_sweep_comparison_hydra_callback_writes_at_multirun_end(tmp_path: Path):

@@ -36,6 +36,7 @@ SUMMARY_KEYS = {
     "images_per_second",
     "device",
     "precision",
+    "float32",
     "git_commit",
     "status",
 }

@@ -1,6 +1,6 @@
 """Callbacks: sample/reconstruction grids, progress lines, the run summary, preemption, RNG state."""
 
-from resvae.callbacks.checkpoint_state import RNGState, RunTag
+from resvae.callbacks.checkpoint_state import FiniteBestCheckpoint, RNGState, RunTag
 from resvae.callbacks.gradient_flow import GradientFlow
 from resvae.callbacks.grids import SampleGrids
 from resvae.callbacks.posterior import KLHistogram
@@ -9,6 +9,7 @@ from resvae.callbacks.progress import ProgressLines
 from resvae.callbacks.summary import RunSummary
 
 __all__ = [
+    "FiniteBestCheckpoint",
     "GradientFlow",
     "KLHistogram",
     "Preempted",

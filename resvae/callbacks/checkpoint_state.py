@@ -5,6 +5,7 @@
   check (which draws random numbers), so a resumed run draws what an uninterrupted one would.
 - RunTag: the run's config hash and config, so the run a folder holds is known even when its
   summary.json is lost.
+- FiniteBestCheckpoint: best.ckpt, never holding an epoch whose val/loss was not finite.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
 
 from resvae.checkpointing import CHECKPOINT_TAG
 from resvae.run import Run
@@ -59,3 +61,14 @@ class RunTag(L.Callback):
             "config": self.run.config,
             "data": self.run.data_fingerprint,
         }
+
+
+class FiniteBestCheckpoint(ModelCheckpoint):
+    """best.ckpt that only a finite score can become. Lightning's ModelCheckpoint stores a NaN
+    score as inf and saves it while it has no best yet, so a run that diverged at its first
+    validation would leave its NaN weights as best.ckpt."""
+
+    def check_monitor_top_k(self, trainer: L.Trainer, current: torch.Tensor | None = None) -> bool:
+        if current is not None and not bool(torch.isfinite(current).all()):
+            return False
+        return super().check_monitor_top_k(trainer, current)

@@ -14,12 +14,14 @@ import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
 
 from resvae import metrics as keys
+from resvae.numerics import effective_float32
 from resvae.run import Run, end_status
 
 
@@ -171,6 +173,7 @@ class RunSummary(L.Callback):
             "params": pl_module.num_parameters,
             "device": _device_name(pl_module.device),
             "precision": str(trainer.precision),
+            "float32": effective_float32(),  # what float32 matmuls and convolutions ran as: ieee or tf32
             **self.extra,
         }
         if trainer.state.fn == "fit":  # testing (best.ckpt's weights) leaves the training record as it was
@@ -221,7 +224,11 @@ class RunSummary(L.Callback):
             fields.update(
                 status="failed",
                 error=f"diverged: {keys.VAL_LOSS} is not finite at epoch {trainer.current_epoch}; "
-                "best.ckpt holds the last epoch with a finite one, if any",
+                + (
+                    "best.ckpt holds the best epoch with a finite one"
+                    if _has_best(trainer)
+                    else "no epoch had a finite one, so there is no best.ckpt"
+                ),
             )
         self.write(trainer, pl_module, **fields, finished_at=_now())
 
@@ -238,6 +245,13 @@ class RunSummary(L.Callback):
             error=f"{type(exception).__name__}: {exception}",
             finished_at=_now(),
         )
+
+
+def _has_best(trainer: L.Trainer) -> bool:
+    return any(
+        c.monitor and c.best_model_path and Path(c.best_model_path).is_file()
+        for c in trainer.checkpoint_callbacks
+    )
 
 
 def _now() -> str:

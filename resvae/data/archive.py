@@ -1,8 +1,12 @@
 """Read the canonical CIFAR-10 python layout (`cifar-10-batches-py`) into uint8 arrays.
 
-Accepts any number of images per batch file (the shared 932-image subset included) and checks
-what it reads: a missing, truncated or malformed file is a DatasetError that names the file
-and the fix, never a traceback from deep inside pickle or numpy.
+Accepts any number of images per batch file (a subset with fewer images per batch included) and
+checks what it reads: a missing, truncated or malformed file is a DatasetError that names the
+file and the fix, never a traceback from deep inside pickle or numpy.
+
+The batches are pickles, and a plain `pickle.load` runs whatever a file asks for. They are read
+with an unpickler that builds only what the official files hold (dicts, lists, str/bytes, ints
+and numpy arrays); a file that asks for anything else is refused before anything of it runs.
 """
 
 from __future__ import annotations
@@ -22,6 +26,37 @@ class DatasetError(RuntimeError):
     """The dataset is missing or unreadable."""
 
 
+class UnsafeBatchError(DatasetError):
+    """A batch file asks the unpickler for something the official files never hold."""
+
+
+# What numpy arrays pickle to (numpy 1.x and 2.x module names), and the bytes of a file written
+# by Python 3 with protocol 2 (`_codecs.encode`). Nothing else is ever built.
+ALLOWED_GLOBALS = frozenset(
+    {
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+        ("numpy.core.numeric", "_frombuffer"),  # protocol 5's out-of-band-capable arrays
+        ("numpy._core.numeric", "_frombuffer"),
+        ("_codecs", "encode"),
+    }
+)
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in ALLOWED_GLOBALS:
+            raise UnsafeBatchError(f"{module}.{name}")
+        return super().find_class(module, name)
+
+    def persistent_load(self, pid: object) -> object:
+        raise UnsafeBatchError(f"persistent id {pid!r}")
+
+
 def find_batches_folder(root: str | Path) -> Path | None:
     """`root/cifar-10-batches-py`, or `root` itself if it holds the batch files."""
     root = Path(root).expanduser()
@@ -35,7 +70,13 @@ def read_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
     """One pickled batch -> (images uint8 [N, 3, 32, 32], labels int64 [N])."""
     try:
         with open(path, "rb") as f:
-            entry = pickle.load(f, encoding="latin1")
+            entry = _BatchUnpickler(f, encoding="latin1").load()
+    except UnsafeBatchError as err:
+        raise UnsafeBatchError(
+            f"refused to read {path}: it asks to build {err}, which a CIFAR-10 batch never holds and "
+            "which could run code; nothing of it was run. Replace it with the file from "
+            "cifar-10-python.tar.gz"
+        ) from None
     except Exception as err:  # a corrupt pickle can raise almost anything: EOF, Overflow, Memory...
         raise DatasetError(
             f"{path} is truncated or not a CIFAR-10 batch ({type(err).__name__}: {err}); "

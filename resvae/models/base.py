@@ -21,7 +21,7 @@ from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMe
 from resvae import metrics as keys
 from resvae.checkpointing import CHECKPOINT_TAG
 from resvae.models.capture import capture_step
-from resvae.models.compiled import COMPILE_MODES, CompiledOrEager
+from resvae.models.compiled import AUTO, COMPILE_MODES, CUDA_GRAPH_MODES, CompiledOrEager, resolve_mode
 from resvae.models.diagnostics import PosteriorStats
 from resvae.models.likelihoods import bits_per_dim
 from resvae.models.objectives import LatentObjective
@@ -31,6 +31,10 @@ from resvae.nn import count_parameters
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 CAPTURE_MODES = ("none", "cuda_graph")
 AUTOCAST = {"bf16-mixed": torch.bfloat16, "bf16": torch.bfloat16, "16-mixed": torch.float16}
+# fp16 AMP needs GradScaler, whose own inf check and found_inf handling (Lightning's
+# MixedPrecision.optimizer_step) run after our closure: the closure would clip scaled gradients
+# and GradScaler deletes the optimizer's found_inf, which our device skip relies on.
+UNSUPPORTED_PRECISION = ("16-mixed", "16")
 SchedulerFactory = Callable[[torch.optim.Optimizer], Any]
 
 
@@ -46,7 +50,7 @@ class StepOptions:
     max_consecutive_skips: int = 50  # stop the run after this many skipped updates in a row
     skip_check_every: int = 100  # steps between the host reads of the skip counter
     compile: str = "none"  # torch.compile mode of the training forward (see compiled.py)
-    compile_eval: str = "none"  # torch.compile mode of validation's forward
+    compile_eval: str = "none"  # torch.compile mode of validation's forward; auto: see compiled.py
     capture: str = "none"  # cuda_graph: replay the whole step's closure as a CUDA graph (capture.py)
     channels_last: bool | None = None  # null: True on CUDA (tensor-core convolutions)
 
@@ -59,12 +63,16 @@ class StepOptions:
             raise ValueError(
                 f"unknown model.train_step.capture {self.capture!r}; choose one of {', '.join(CAPTURE_MODES)}"
             )
-        for name in ("compile", "compile_eval"):
-            if getattr(self, name) not in COMPILE_MODES:
-                raise ValueError(
-                    f"unknown model.train_step.{name} {getattr(self, name)!r}; "
-                    f"choose one of {', '.join(COMPILE_MODES)}"
-                )
+        for name, modes in (("compile", COMPILE_MODES), ("compile_eval", (*COMPILE_MODES, AUTO))):
+            if (value := getattr(self, name)) not in modes:
+                choices = ", ".join(modes)
+                raise ValueError(f"unknown model.train_step.{name} {value!r}; choose one of {choices}")
+        if self.capture == "cuda_graph" and self.compile in CUDA_GRAPH_MODES:
+            raise ValueError(
+                f"model.train_step.compile={self.compile} records its own CUDA graphs, which cannot run "
+                "inside model.train_step.capture=cuda_graph: set model.train_step.compile=default "
+                "(or max-autotune-no-cudagraphs), or model.train_step.capture=none"
+            )
 
 
 def build_optimizer(factory: OptimizerFactory, params: list[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -210,17 +218,40 @@ class LatentModel(L.LightningModule):
         return {"optimizer": opt, "lr_scheduler": {"scheduler": self.scheduler_factory(opt)}}
 
     def on_fit_start(self) -> None:
+        self.check_trainer(str(self.trainer.precision), self.trainer.world_size)
         datamodule = getattr(self.trainer, "datamodule", None)
         self.check_data_shape(datamodule)
         self.step.flip = bool(getattr(datamodule, "flip", False))  # the data's augmentation
         if self.channels_last:
             self.net.to(memory_format=torch.channels_last)
-        self.forward_fn = CompiledOrEager(self.objective.objective_and_metrics, self.options.compile)
-        self.eval_fn = CompiledOrEager(self.objective.evaluate, self.options.compile_eval)
+        self.forward_fn = CompiledOrEager(
+            self.objective.objective_and_metrics, self.options.compile, "training forward"
+        )
+        eval_mode = resolve_mode(self.options.compile_eval, self.device)  # auto: none on a CPU
+        self.eval_fn = CompiledOrEager(self.objective.evaluate, eval_mode, "validation forward")
+
+    def check_trainer(self, precision: str, world_size: int) -> None:
+        """Refuse, in one line each, the trainer settings the guarded step cannot run correctly."""
+        if precision in UNSUPPORTED_PRECISION:
+            raise ValueError(
+                f"trainer.precision={precision} is not supported: fp16 needs loss scaling, which the "
+                "guarded training step does not do; use trainer.precision=bf16-mixed (GPU) or 32-true"
+            )
+        if world_size > 1 and self.options.capture == "cuda_graph":
+            raise ValueError(
+                f"model.train_step.capture=cuda_graph cannot run under DDP ({world_size} processes): the "
+                "gradient all-reduce happens outside the graph; set model.train_step.capture=none"
+            )
 
     def on_train_start(self) -> None:
         self._optimizer = self.optimizers()
-        self.step.bind(self.forward_fn, self._optimizer.optimizer, self.channels_last)
+        self.step.bind(
+            self.forward_fn,
+            self._optimizer.optimizer,
+            self.channels_last,
+            buffers=list(self.objective.buffers()),  # BatchNorm statistics etc.: kept on a skipped step
+            backward=self.manual_backward,  # DDP's reducer and the precision plugin see the backward
+        )
         self._capture_tried = False
         sched = self.lr_schedulers()
         if isinstance(sched, torch.optim.lr_scheduler.CosineAnnealingLR):

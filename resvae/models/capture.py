@@ -2,7 +2,10 @@
 
 At batch 25 a depth-28 step is a few milliseconds of GPU work but thousands of kernel launches;
 replaying a graph turns them into one launch. What the graph holds is `TrainStep.closure`
-(input conversion, forward, loss, backward, clipping, the finite check, the metric sums); the
+(the buffer snapshot, input conversion, forward, loss, backward through the module's
+`manual_backward`, clipping, the finite check, the buffers put back after a non-finite step,
+the metric sums). Python inside the closure runs once, at capture: Lightning's
+on_before_backward / on_after_backward hooks are not called again on replays; the
 fused optimizer's update runs after it, eagerly, as a couple of kernels, reading the gradients
 the graph wrote and `found_inf`. Learning rates, the KL weight and the skip flag live in device
 tensors or outside the graph, so schedulers keep working.

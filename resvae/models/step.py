@@ -5,14 +5,17 @@ gradient clipping, the non-finite guard, the optimizer step and the metric sums.
 or the gradient norm is not finite, the update becomes a no-op on the device, the way
 GradScaler does it: fused Adam/AdamW/SGD read `optimizer.found_inf` and leave parameters,
 moments and step counts untouched when it is 1. Optimizers without that support fall back to
-one host read of the flag per step. Counters and sums stay on the device and are read once per
+one host read of the flag per step. A skipped step also leaves the model's buffers as they were
+(BatchNorm's running statistics and `num_batches_tracked` are updated by the forward itself, before
+the finite check can know): they are copied before the forward and selected back with
+`torch.where` after it, on the device. Counters and sums stay on the device and are read once per
 epoch (`DeviceMeans`, `TrainStep.skipped`).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import torch
 from torch import nn
@@ -20,6 +23,11 @@ from torch import nn
 from resvae.models.objectives import LatentObjective
 
 ForwardFn = Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]]  # x -> (objective, metrics)
+BackwardFn = Callable[[torch.Tensor], None]  # objective -> gradients (LightningModule.manual_backward)
+
+
+def plain_backward(objective: torch.Tensor) -> None:
+    objective.backward()
 
 
 class DeviceMeans(nn.Module):
@@ -63,7 +71,10 @@ class DeviceMeans(nn.Module):
 
 
 def supports_device_skip(optimizer: torch.optim.Optimizer) -> bool:
-    """True for the fused optimizers that honour `found_inf` (the GradScaler protocol)."""
+    """True for the fused optimizers that honour `found_inf` (the GradScaler protocol).
+
+    `_step_supports_amp_scaling` is the one flag torch has for "this step() reads found_inf";
+    there is no public equivalent, so it is read here and nowhere else."""
     return bool(getattr(optimizer, "_step_supports_amp_scaling", False)) and any(
         g.get("fused") for g in optimizer.param_groups
     )
@@ -80,6 +91,11 @@ class TrainStep(nn.Module):
     training counters are buffers, so they go into checkpoints with the module that owns this
     step: `means` (batch means of the objective's metrics and the gradient norm, weighted by the
     images of applied updates), `skipped` and `consecutive` skips.
+
+    `bind(..., buffers=...)` names the model's buffers a skipped step must leave untouched (the
+    objective's: BatchNorm statistics, an AE's code fit); `backward` is how the objective's
+    gradients are made (Lightning's `manual_backward`, which lets DDP all-reduce them; plain
+    `Tensor.backward` by default), so this module stays free of Lightning.
     """
 
     def __init__(self, metric_names: Sequence[str], grad_clip: float | None = None) -> None:
@@ -90,6 +106,9 @@ class TrainStep(nn.Module):
         self.register_buffer("consecutive", torch.zeros((), dtype=torch.long))
         self.register_buffer("found_inf", torch.zeros(()), persistent=False)
         self._forward_fn: ForwardFn | None = None
+        self._backward_fn: BackwardFn = plain_backward
+        self._guarded: list[torch.Tensor] = []  # the model's buffers, restored after a skipped step
+        self._snapshot: list[torch.Tensor] = []  # their values before the forward (preallocated)
         self._optimizer: torch.optim.Optimizer | None = None
         self._params: list[torch.Tensor] = []
         self._channels_last = False
@@ -103,10 +122,26 @@ class TrainStep(nn.Module):
         return self._optimizer
 
     def bind(
-        self, forward_fn: ForwardFn, optimizer: torch.optim.Optimizer, channels_last: bool = False
+        self,
+        forward_fn: ForwardFn,
+        optimizer: torch.optim.Optimizer,
+        channels_last: bool = False,
+        buffers: Iterable[torch.Tensor] = (),
+        backward: BackwardFn | None = None,
     ) -> None:
-        """`forward_fn`: LatentObjective.objective_and_metrics or a compiled copy of it."""
+        """`forward_fn`: LatentObjective.objective_and_metrics or a compiled copy of it;
+        `buffers`: those of the model that the forward may change (objective.buffers());
+        `backward`: objective -> gradients, e.g. LightningModule.manual_backward."""
         self._forward_fn, self._optimizer, self._channels_last = forward_fn, optimizer, channels_last
+        self._backward_fn = backward or plain_backward
+        seen = {id(b) for b in self.buffers()}  # the step's own counters change on purpose
+        self._guarded = []
+        for b in buffers:
+            if id(b) not in seen:
+                seen.add(id(b))
+                self._guarded.append(b)
+        # allocated once: a CUDA graph records their addresses; memory: one copy of the buffers
+        self._snapshot = [torch.empty_like(b) for b in self._guarded]
         self._params = [p for group in optimizer.param_groups for p in group["params"]]
         self.device_skip = supports_device_skip(optimizer)
         if self.device_skip:
@@ -116,15 +151,21 @@ class TrainStep(nn.Module):
     def closure(self, images: torch.Tensor) -> torch.Tensor:
         """Everything of a step but the parameter update; no host synchronisation."""
         assert self._forward_fn is not None, "call bind() first"
+        # cost: two small kernels per buffer (3 buffers per BatchNorm), launched once per replay
+        # when the step is a CUDA graph
+        for saved, buffer in zip(self._snapshot, self._guarded):
+            saved.copy_(buffer)
         x = LatentObjective.to_input(images, self._channels_last)
         if self.flip:  # random horizontal flips, the data's augmentation
             mirror = torch.rand(x.shape[0], 1, 1, 1, device=x.device) < 0.5
             x = torch.where(mirror, x.flip(3), x)
         objective, metrics = self._forward_fn(x)
-        objective.backward()
+        self._backward_fn(objective)
         limit = self.grad_clip if self.grad_clip and self.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self._params, limit)
         finite = torch.isfinite(grad_norm) & torch.isfinite(objective.detach())
+        for saved, buffer in zip(self._snapshot, self._guarded):  # a skipped step changes no buffer
+            torch.where(finite, buffer, saved, out=buffer)  # in place, on the device: no sync
         skipped = (~finite).long()
         self.found_inf.copy_(skipped)
         self.skipped.add_(skipped)

@@ -93,8 +93,19 @@ def sweep_leaf(
     return os.environ.get(SWEEP_ENV) or run_leaf(overrides, excluded, also_excluded)
 
 
+STUDY_PROTOCOL = "keras2018"  # the 2018 study as it ran (experiment=seed_depth_sweep)
+
+
+def study_sampling(protocol: str) -> bool:
+    """model=keras2018's default sampling: the notebook's (exp(logvar) as the std) exactly when
+    the run follows the study's protocol as it ran; the corrected study and any other protocol
+    sample the posterior the KL describes."""
+    return protocol == STUDY_PROTOCOL
+
+
 def register_resolvers() -> None:
     for name, fn in (
+        ("study_sampling", study_sampling),
         ("auto_precision", auto_precision),
         ("wandb_offline", wandb_offline),
         ("run_leaf", run_leaf),

@@ -90,7 +90,8 @@ def is_run_dir(folder: Path) -> bool:
 
 
 def find_checkpoint(run_dir: Path) -> Path:
-    """The run folder's checkpoints/best.ckpt, else checkpoints/last.ckpt; refused where the run
+    """The run folder's checkpoints/best.ckpt, else checkpoints/last.ckpt (last first where the run
+    tests its final weights, test_weights=last); refused where the run
     validated but no epoch had a finite val/loss (a diverged run: its last weights are not a
     result, and a tool would only fail on them later)."""
     if not (run_dir / "checkpoints" / CHECKPOINT_NAMES[0]).is_file() and (diverged := _diverged(run_dir)):
@@ -98,7 +99,7 @@ def find_checkpoint(run_dir: Path) -> Path:
             f"{run_dir} has no best.ckpt: no epoch had a finite val/loss ({diverged}); to look at its "
             f"last weights anyway, pass {run_dir / 'checkpoints' / CHECKPOINT_NAMES[1]}"
         )
-    for name in CHECKPOINT_NAMES:
+    for name in CHECKPOINT_NAMES[::-1] if _tests_last(run_dir) else CHECKPOINT_NAMES:
         path = run_dir / "checkpoints" / name
         if path.is_file():
             return path
@@ -107,6 +108,14 @@ def find_checkpoint(run_dir: Path) -> Path:
     raise CheckpointError(
         f"no checkpoint in {run_dir / 'checkpoints'}: neither best.ckpt nor last.ckpt{hint}"
     )
+
+
+def _tests_last(run_dir: Path) -> bool:
+    """The run's config says test_weights=last (the 2018 study's protocol: the final weights)."""
+    try:
+        return OmegaConf.load(run_dir / ".hydra" / "config.yaml").get("test_weights") == "last"
+    except Exception:  # no or unreadable config: the default, best.ckpt
+        return False
 
 
 def _diverged(run_dir: Path) -> str | None:

@@ -42,10 +42,28 @@ def config_problem(argv: Sequence[str]) -> str | None:
     if any(arg in USER_CONFIG_FLAGS or arg.startswith(USER_CONFIG_FLAGS) for arg in argv):
         return None  # a user config folder: its keys are its own, Hydra checks them
     try:
-        check_overrides([a for a in argv if not a.startswith("-")])
+        check_overrides(overrides_of(argv))
     except ConfigProblem as problem:
         return str(problem)
     return None
+
+
+# Hydra's flags whose next argument is theirs (`--cfg job`, `-sc install=bash`, ...)
+FLAGS_WITH_VALUE = ("--cfg", "-c", "--package", "-p", "--info", "-i", "--shell-completion", "-sc",
+                    "--experimental-rerun")  # fmt: skip
+
+
+def overrides_of(argv: Sequence[str]) -> list[str]:
+    """The overrides of a command line: every argument that is neither a flag nor a flag's value
+    (an override has '=', or is a deletion `~key`)."""
+    kept, skip = [], False
+    for arg in argv:
+        if skip or arg.startswith("-"):
+            skip = arg in FLAGS_WITH_VALUE and not skip
+            continue
+        if "=" in arg or arg.startswith("~"):
+            kept.append(arg)
+    return kept
 
 
 def check_overrides(args: Sequence[str]) -> None:
@@ -61,19 +79,9 @@ def check_overrides(args: Sequence[str]) -> None:
     own = [o for o in overrides if not _is_hydra(o)]
     groups = _groups()
     chosen = _first_values(o for o in overrides if o.key_or_group in groups)
-    defaults = OmegaConf.to_container(_compose(chosen), resolve=False)  # before the values change them
-    for override in own:
-        if override.is_add() or override.is_delete() or override.is_force_add():
-            continue  # adding or removing a key is meant; Hydra checks it
-        key = override.key_or_group
-        if key in groups:
-            continue  # _compose checked the option
-        default = _lookup(defaults, key)
-        if default is _MISSING:
-            raise ConfigProblem(_unknown_key(key, defaults, groups))
-        for value in _values(override):
-            _check_type(key, value, default)
-            _check_value(key, value)
+    for variant in [chosen, *_other_group_choices(overrides, groups, chosen)]:
+        defaults = OmegaConf.to_container(_compose(variant), resolve=False)  # before the values change them
+        _check_keys(own, defaults, groups, variant if variant is not chosen else [])
     first = _first_values(overrides)
     _check_composed(_compose(first))
     for override in overrides:  # every value of a sweep over the network
@@ -82,6 +90,38 @@ def check_overrides(args: Sequence[str]) -> None:
             others = [item for item in first if not item.startswith(f"{key}=")]
             for value in _values(override)[1:]:
                 check_arch(_compose([*others, f"{key}={_as_override(value)}"]))
+
+
+def _other_group_choices(
+    overrides: Sequence[Override], groups: set[str], chosen: list[str]
+) -> list[list[str]]:
+    """For each later value of a swept group (`model=vae,keras2018`), the group choices with that
+    value and the others at their first: every job's keys are checked, not just the first's."""
+    variants = []
+    for o in overrides:
+        if o.key_or_group in groups and o.is_sweep_override():
+            others = [c for c in chosen if not c.startswith(f"{o.key_or_group}=")]
+            variants += [[*others, f"{o.key_or_group}={_as_override(v)}"] for v in _values(o)[1:]]
+    return variants
+
+
+def _check_keys(
+    own: Sequence[Override], defaults: dict[str, Any], groups: set[str], variant: list[str]
+) -> None:
+    """Each override's key exists in `defaults` and each of its values has the default's type."""
+    where = f" (in the jobs with {variant[-1].replace(chr(39), '')})" if variant else ""
+    for override in own:
+        if override.is_add() or override.is_delete() or override.is_force_add():
+            continue  # adding or removing a key is meant; Hydra checks it
+        key = override.key_or_group
+        if key in groups:
+            continue  # _compose checked the option
+        default = _lookup(defaults, key)
+        if default is _MISSING:
+            raise ConfigProblem(_unknown_key(key, defaults, groups) + where)
+        for value in _values(override):
+            _check_type(key, value, default)
+            _check_value(key, value)
 
 
 def _is_hydra(override: Override) -> bool:
@@ -229,6 +269,10 @@ def _check_value(key: str, value: Any) -> None:
         raise ConfigProblem(f"matmul_precision={value}: choose one of {', '.join(MATMUL_PRECISIONS)}")
     elif key == "conv_precision" and value is not None and value not in CONV_PRECISIONS:
         raise ConfigProblem(f"conv_precision={value}: choose one of {', '.join(CONV_PRECISIONS)} or null")
+    elif key == "test_weights" and value not in ("best", "last"):
+        raise ConfigProblem(
+            f"test_weights={value}: choose best (best.ckpt) or last (the final epoch's weights)"
+        )
     elif key == "run.signals":
         check_signals(value)
 

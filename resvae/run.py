@@ -333,6 +333,13 @@ class Run:
             except OSError as err:  # e.g. the disk is full: the original error matters more
                 log.warning("could not record the failure in %s: %s", SUMMARY_FILE, err)
 
+    def tested_checkpoint(self, best: ModelCheckpoint, weights: str = "best") -> str | None:
+        """The checkpoint the test split evaluates: `best` (the lowest finite val/loss) or `last`
+        (the final epoch's weights, as the 2018 study evaluated); None when there is none."""
+        if weights == "last":
+            return str(self.last_checkpoint) if self.last_checkpoint.is_file() else None
+        return self.best_checkpoint(best)
+
     def best_checkpoint(self, best: ModelCheckpoint) -> str | None:
         """The best checkpoint by val/loss to test, or None when no epoch had a finite val/loss."""
         if best.best_model_path:  # this attempt trained (or restored the callback's state)

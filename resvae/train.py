@@ -132,11 +132,13 @@ def train(cfg: DictConfig) -> float | None:
             trainer.fit(model, datamodule=datamodule, ckpt_path=run.resume_from, weights_only=True)
             if run.summary.get("status") == "failed":  # diverged: RunSummary says how
                 raise NonFiniteTrainingError(run.summary["error"])
-        if cfg.test and (tested := run.best_checkpoint(best)) is not None:
+        if cfg.test and (tested := run.tested_checkpoint(best, cfg.test_weights)) is not None:
             L.seed_everything(cfg.seed, workers=True)  # the same test numbers in any attempt
             trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True)
         elif cfg.test:
-            log.warning("no epoch had a finite val/loss: there is no checkpoint to test")
+            log.warning(
+                "no checkpoint to test (test_weights=%s): no epoch had a finite val/loss", cfg.test_weights
+            )
         exit_code = 0
     except BaseException as err:
         preempted = isinstance(err, (Preempted, SIGTERMException, SystemExit))

@@ -183,3 +183,15 @@ def test_a_run_that_never_had_a_finite_val_loss_has_no_best_ckpt_and_every_tool_
         assert out.returncode == 2, (tool, out.stderr[-500:])
         line = out.stderr.strip().splitlines()[-1]
         assert "has no best.ckpt: no epoch had a finite val/loss" in line and "last.ckpt" in line, line
+
+
+def test_every_value_of_a_swept_group_is_checked_not_only_the_first() -> None:
+    problem = config_problem(["-m", "experiment=smoke", "data=cifar10,synthetic", "data.root=/x"])
+    assert problem is not None and problem.startswith("data.root is not a key of this config")
+    assert problem.endswith("(in the jobs with data=synthetic)")
+    assert config_problem(["-m", "model=vae,ae", "model.arch.depth=28,40"]) is None
+
+
+def test_hydra_flags_and_their_values_are_not_overrides() -> None:
+    assert config_problem(["--cfg", "job", "experiment=smoke", "-p", "model"]) is None
+    assert config_problem(["--info", "config", "seed=1"]) is None

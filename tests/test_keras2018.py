@@ -285,7 +285,10 @@ def test_seed_depth_sweep_runs_the_study_network_with_its_protocol() -> None:
         and sched.min_lr == 1e-6
         and sched.threshold_mode == "abs"
     )
-    assert cfg.callbacks.early_stopping.patience == 50 and cfg.callbacks.early_stopping.min_delta == 0.1
+    assert sched._target_ == "resvae.models.schedulers.KerasReduceLROnPlateau"  # Keras 2.1's count
+    # Keras 2.1's patience 50 (it stopped at the 51st epoch without improvement; Lightning at the 51st)
+    assert cfg.callbacks.early_stopping.patience == 51 and cfg.callbacks.early_stopping.min_delta == 0.1
+    assert cfg.model.keras_sampling is True and cfg.test_weights == "last"  # its sampling, its weights
     assert cfg.trainer.max_epochs == 1000 and cfg.trainer.precision == "32-true"
     assert cfg.model.train_step.grad_clip is None and cfg.matmul_precision == "highest"
     assert cfg.hydra.sweeper.params["model.arch.depth"] == "28,40,70,100"

@@ -497,12 +497,31 @@ def test_residual_gated_scalar_gate(gate_bias):
     assert gate_params[0].grad is not None and gate_params[0].grad.abs() > 0
 
 
-def test_residual_gated_default_gate_bias_is_one():
+def test_residual_gated_default_starts_at_he_2016s_carry_of_0_9975():
     f = nn.Conv2d(4, 4, 1)
     x = torch.randn(2, 4, 3, 3)
-    g = torch.sigmoid(torch.tensor(1.0))
+    g = torch.sigmoid(torch.tensor(6.0))
+    assert float(g) == pytest.approx(0.9975, abs=1e-4)
     with torch.no_grad():
         torch.testing.assert_close(Residual(f, merge="gated")(x), g * x + (1 - g) * f(x))
+
+
+@pytest.mark.parametrize("preact", [True, False])
+def test_the_gated_shortcut_of_the_network_starts_at_the_documented_carry(preact):
+    """He et al. 2016's exclusive gating (b_g = -6 on the transform gate): the shortcut weight at
+    initialisation is sigmoid(6) = 0.9975 for every input, as conf/network/resnet.yaml says."""
+    from hydra import compose, initialize_config_dir
+    from hydra.utils import instantiate
+
+    from resvae.config import config_dir
+
+    with initialize_config_dir(str(config_dir()), version_base="1.3"):
+        cfg = compose("train", overrides=["model.arch.shortcut=gated", f"model.arch.preact={preact}"])
+    opts = instantiate(cfg.model.arch).block_options
+    block = ResidualBlock(16, 16, opts=opts)
+    s = torch.randn(3, 16, 4, 4)
+    carry = torch.sigmoid(block.gate(s))
+    torch.testing.assert_close(carry, torch.full_like(carry, 0.99752737), rtol=0, atol=1e-6)
 
 
 def test_residual_gated_with_gate_module():

@@ -25,7 +25,7 @@ from resvae.data import SyntheticDataModule
 from resvae.io import atomic_write_json
 from resvae.models import VAE, NonFiniteTrainingError
 from resvae.nn import ArchConfig
-from resvae.run import Run
+from resvae.run import Run, config_hash, without_new_nulls
 from tests.conftest import TINY, cpu_trainer
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -289,3 +289,12 @@ def test_any_override_starts_or_fails_with_a_clear_message(overrides: list[str])
     x = batch[:2]
     terms = model.objective(model.to_input(x))  # the run starts: one forward pass works
     assert terms.loss.shape == (len(x),)
+
+
+def test_a_key_added_later_at_null_keeps_an_older_run_the_same_run() -> None:
+    old = {"seed": 0, "model": {"arch": {"depth": 28}}}
+    new = {"seed": 0, "conv_precision": None, "model": {"arch": {"depth": 28, "stem": None}}}
+    assert config_hash(without_new_nulls(old, new)) == config_hash(old)
+    changed = {**new, "conv_precision": "tf32"}  # set on purpose: another run
+    assert config_hash(without_new_nulls(old, changed)) != config_hash(old)
+    assert without_new_nulls(new, new) == new  # nothing dropped that the old config has

@@ -212,21 +212,23 @@ def test_depth_multirun_writes_one_folder_per_job(run_train, tmp_path: Path) -> 
 
 @pytest.mark.slow
 def test_failing_job_does_not_stop_the_sweep(run_train, tmp_path: Path) -> None:
+    """A job that fails at run time (here: it diverges; an impossible value of a sweep is refused
+    before any job starts, tests/test_bad_inputs.py)."""
     proc = run_train(
-        "-m", *TINY, "model.arch.depth=50,28", "trainer.max_epochs=1", "logger=wandb", check=False
+        "-m", *TINY, "model.optimizer.lr=1e6,1e-3", "trainer.max_epochs=1", "logger=wandb", check=False
     )
-    assert proc.returncode != 0
+    assert proc.returncode == 1
     jobs = run_dirs(tmp_path / "outputs" / "smoke" / "multirun")
-    (bad,) = [d for name, d in jobs.items() if "model.arch.depth=50" in name]
-    (good,) = [d for name, d in jobs.items() if "model.arch.depth=28" in name]
+    (bad,) = [d for name, d in jobs.items() if "model.optimizer.lr=1000000.0" in name]  # Hydra's float
+    (good,) = [d for name, d in jobs.items() if "model.optimizer.lr=0.001" in name]
     failed = json.loads((bad / "summary.json").read_text())
-    assert failed["status"] == "failed" and "nearest valid: 46 or 52" in failed["error"]
+    assert failed["status"] == "failed" and "diverged" in failed["error"]
     assert json.loads((good / "summary.json").read_text())["status"] == "finished"
     # each job had its own W&B run, closed with the job's exit code (W&B's own run log says so)
     assert "got exitcode: 1" in wandb_run_log(bad) and "got exitcode: 0" in wandb_run_log(good)
-    assert "1 job(s) FAILED" in proc.stdout and "model.arch.depth=50" in proc.stdout
+    assert "1 job(s) FAILED" in proc.stdout and "model.optimizer.lr=1000000.0: " in proc.stdout
     # the user error is one clear line, not a traceback; the traceback is in the job's log
-    assert "Traceback" not in proc.stderr and "resvae-train: error: invalid depth 50" in proc.stderr
+    assert "Traceback" not in proc.stderr and "resvae-train: error: diverged" in proc.stderr
     assert "Traceback" in (bad / "train.log").read_text()
 
 

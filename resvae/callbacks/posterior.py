@@ -5,6 +5,7 @@ is visible on the dashboard while a sweep runs (the count of active units is log
 from __future__ import annotations
 
 import lightning as L
+import numpy as np
 from lightning.pytorch.loggers import WandbLogger
 
 from resvae import metrics as keys
@@ -19,6 +20,8 @@ class KLHistogram(L.Callback):
         import wandb
 
         kl = stats.compute()["kl_per_dim"].float().cpu().numpy()
+        if not np.isfinite(kl).all():  # a diverged epoch: the run fails with its own message
+            return
         for logger in wandb_loggers:
             logger.experiment.log(
                 {keys.VAL_KL_PER_DIM: wandb.Histogram(kl), "trainer/global_step": trainer.global_step}

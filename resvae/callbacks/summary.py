@@ -233,7 +233,8 @@ class RunSummary(L.Callback):
         self.write(trainer, pl_module, **fields, finished_at=_now())
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.write(trainer, pl_module, tested=True)
+        tested = Path(trainer.ckpt_path).name if trainer.ckpt_path else None
+        self.write(trainer, pl_module, tested=True, tested_checkpoint=tested)
 
     def on_exception(
         self, trainer: L.Trainer, pl_module: L.LightningModule, exception: BaseException

@@ -5,8 +5,10 @@ against sigmoid(logits), with Keras' clipping of the probabilities to [1e-7, 1 -
 KL term, plus the L2 penalties of the latent heads (`Keras2018Net.l2_penalty`, added to every
 image's loss as Keras adds it to every batch's). Not a likelihood of 8-bit images, so its bits/dim
 is flagged as not comparable. The study's notebook samples z = mu + exp(logvar) * eps while its
-KL treats logvar as a log-variance; `keras_sampling=True` reproduces that, the default samples
-with exp(0.5 * logvar), the posterior the KL describes.
+KL treats logvar as a log-variance; `keras_sampling=True` reproduces that (its loss is then not
+an ELBO: the KL is not that of the density z is drawn from), the default samples with
+exp(0.5 * logvar), the posterior the KL describes. The IW bound scores the density z is drawn
+from either way (`sampling_logvar`), so it is a valid bound for both.
 """
 
 from __future__ import annotations
@@ -41,10 +43,9 @@ class Keras2018Objective(VAEObjective):
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return super().posterior((x + 1) / 2)  # the study fed pixels in [0, 1]
 
-    def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        if self.keras_sampling:  # the notebook's sampling layer: exp(logvar) as the std
-            return mu + torch.exp(logvar) * torch.randn_like(mu)
-        return super().reparameterize(mu, logvar)
+    def sampling_logvar(self, logvar: torch.Tensor) -> torch.Tensor:
+        # the notebook's sampling layer: exp(logvar) as the std, i.e. a log-variance of 2 * logvar
+        return 2 * logvar if self.keras_sampling else logvar
 
     def forward(self, x: torch.Tensor) -> Terms:
         mu, logvar = self.posterior(x)

@@ -139,8 +139,13 @@ class VAEObjective(LatentObjective):
         mu, logvar = self.net.encode(x).float().chunk(2, dim=1)
         return mu, logvar.clamp(LOGVAR_MIN, LOGVAR_MAX)
 
+    def sampling_logvar(self, logvar: torch.Tensor) -> torch.Tensor:
+        """The log-variance z is drawn with: the posterior's own (a subclass may sample otherwise,
+        and the IW bound must then score the density it sampled from)."""
+        return logvar
+
     def reparameterize(self, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        return mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        return mu + torch.exp(0.5 * self.sampling_logvar(logvar)) * torch.randn_like(mu)
 
     def forward(self, x: torch.Tensor) -> Terms:
         mu, logvar = self.posterior(x)
@@ -158,12 +163,14 @@ class VAEObjective(LatentObjective):
 
     @torch.no_grad()
     def nll_iw(self, x: torch.Tensor, samples: int) -> torch.Tensor:
-        """-log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x): a bound tighter than the ELBO."""
+        """-log (1/K) sum_k p(x|z_k) p(z_k) / q(z_k|x), z_k ~ q(z|x): a bound tighter than the ELBO.
+        q is the density z is drawn from (`sampling_logvar`), so the bound holds for any sampler."""
         mu, logvar = self.posterior(x)
+        logvar = self.sampling_logvar(logvar)
         zeros = torch.zeros_like(mu)
         log_w = []
         for _ in range(samples):
-            z = self.reparameterize(mu, logvar)
+            z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
             log_px = -self.likelihood.nll(self.net.decode(z), x)
             log_w.append(log_px + gaussian_log_density(z, zeros, zeros) - gaussian_log_density(z, mu, logvar))
         return -(torch.logsumexp(torch.stack(log_w), dim=0) - math.log(samples))

@@ -6,8 +6,10 @@ A block computes  out = merge(shortcut(x), branch(x))  and, when post-activated,
 - preact: True puts norm -> act before each conv (He et al. 2016, identity mappings);
   False is the original conv -> norm -> act with the activation after the merge.
 - shortcut: "identity" (a 1x1 projection only where shapes change), "projection" (always 1x1),
-  "gated" (highway: s(x) * g + f(x) * (1 - g), g = sigmoid(1x1 conv of s(x))), "scaled"
-  (shortcut_scale * s(x) + f(x)) and "none" (out = f(x): a plain network of the same depth).
+  "gated" (highway: s(x) * g + f(x) * (1 - g), g = sigmoid(1x1 conv of s(x)); the gate starts at
+  g = sigmoid(gate_bias) = 0.9975, He et al. 2016's working init), "scaled" (shortcut_scale * s(x)
+  + f(x); with 0.5 the setting He et al. 2016 report as failing to train well: an ablation, not a
+  recommendation) and "none" (out = f(x): a plain network of the same depth).
 - shortcut_dropout: p > 0 drops each element of the shortcut's output s(x) with probability p
   while training, without rescaling, and scales it by 1 - p in evaluation: classic (not inverted)
   dropout, so the shortcut carries an expected scale 1 - p, the "dropout shortcut" of He et al.
@@ -36,6 +38,7 @@ import torch
 from torch import nn
 
 from resvae.nn.layers import ACTIVATIONS, NORMS, make_act, make_norm, zero_init_norm
+from resvae.nn.residual import HE2016_GATE_BIAS
 
 BLOCK_TYPES = ("bottleneck", "basic")
 SHORTCUTS = ("identity", "projection", "gated", "scaled", "none")
@@ -54,7 +57,7 @@ class BlockOptions:
     act: str = "silu"
     zero_init_last: bool = True
     upsample: str = "transposed"
-    gate_bias: float = 1.0  # initial gate logit of the highway shortcut: > 0 favours the carry
+    gate_bias: float = HE2016_GATE_BIAS  # initial carry logit of the gated shortcut (residual.py)
     shortcut_dropout: float = 0.0  # classic dropout on the shortcut's output (see the docstring)
 
     def __post_init__(self) -> None:

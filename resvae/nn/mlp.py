@@ -28,7 +28,7 @@ from torch import nn
 
 from resvae.nn.layers import ACTIVATIONS, make_act
 from resvae.nn.plan import DepthError
-from resvae.nn.residual import Residual
+from resvae.nn.residual import HE2016_GATE_BIAS, Residual
 
 MLP_MERGES = ("sum", "gated", "none")
 MLP_NORMS = ("layer", "none")
@@ -86,7 +86,7 @@ class MLPArchConfig:
     norm: str = "layer"  # layer | none
     act: str = "silu"  # relu | silu | gelu
     zero_init_last: bool = True  # each residual block starts as the identity
-    gate_bias: float = 1.0  # initial gate logit of merge=gated (> 0 favours the identity)
+    gate_bias: float = HE2016_GATE_BIAS  # initial gate logit of merge=gated (carry sigmoid(6) = 0.9975)
 
     def __post_init__(self) -> None:
         for name, value, allowed in (

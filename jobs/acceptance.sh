@@ -19,6 +19,6 @@ if ((${#wheels[@]})); then
   site="${RESVAE_SITE:-/tmp/resvae-site}"
   python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$site" "${wheels[@]}"
   export PYTHONPATH="$PWD:$site${PYTHONPATH:+:$PYTHONPATH}"
-  exec python3 -m resvae.bench --acceptance --json "$out" "$@"
+  exec python3 -m resvae.cli.bench --acceptance --json "$out" "$@"
 fi
 exec uv run resvae-bench --acceptance --json "$out" "$@"

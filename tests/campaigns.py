@@ -40,7 +40,7 @@ def run(root: Path, delay: float | None, sig: int) -> tuple[int, bool]:
     """(exit code, whether it was killed) of one attempt in `root`."""
     env = {**os.environ, "WANDB_MODE": "disabled", "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "resvae.train", *ARGS],
+        [sys.executable, "-m", "resvae.cli.train", *ARGS],
         cwd=root,
         env=env,
         stdout=subprocess.DEVNULL,

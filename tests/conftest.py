@@ -71,7 +71,7 @@ def one_thread():
 
 @pytest.fixture
 def run_train(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
-    """Run `python -m resvae.train ARGS` in tmp_path with W&B offline; outputs land in tmp_path."""
+    """Run `python -m resvae.cli.train ARGS` in tmp_path with W&B offline; outputs land in tmp_path."""
 
     def run(*args: str, check: bool = True, timeout: float = 300, env: dict | None = None):
         full_env = {
@@ -84,7 +84,7 @@ def run_train(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
         }
         full_env.pop("WANDB_API_KEY", None)
         proc = subprocess.run(
-            [sys.executable, "-m", "resvae.train", *args],
+            [sys.executable, "-m", "resvae.cli.train", *args],
             cwd=tmp_path,
             env=full_env,
             capture_output=True,
@@ -93,7 +93,7 @@ def run_train(tmp_path: Path) -> Callable[..., subprocess.CompletedProcess]:
         )
         if check and proc.returncode != 0:
             raise AssertionError(
-                f"resvae.train {' '.join(args)} failed ({proc.returncode}):\n"
+                f"resvae.cli.train {' '.join(args)} failed ({proc.returncode}):\n"
                 f"{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}"
             )
         return proc

@@ -1,4 +1,4 @@
-"""resvae-analyze (resvae/analyze.py) and the gradient-flow callback on tiny CPU models: the
+"""resvae-analyze (resvae/cli/analyze.py) and the gradient-flow callback on tiny CPU models: the
 outputs' structure, and properties of residual vs plain networks that could fail."""
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from resvae.analyze import (
+from resvae.cli.analyze import (
     AnalysisError,
     Subject,
     SweepComparison,
@@ -177,7 +177,7 @@ def test_lesion_warns_when_batchnorm_statistics_do_not_fit_and_reestimation_reco
     intact loss far from its recorded validation loss, and deleting blocks then measures that
     drift. The lesion study warns; --bn-reestimate brings the intact loss back to the recorded
     one and reports both losses per deleted block."""
-    from resvae.analyze import batch_norms, mean_loss, reestimate_batch_norm
+    from resvae.cli.analyze import batch_norms, mean_loss, reestimate_batch_norm
     from resvae.data import SyntheticDataModule
 
     model = vae(28, shortcut="none")  # plain, BatchNorm
@@ -369,7 +369,7 @@ def test_compare_shows_mean_and_sd_over_seeds_with_n(tmp_path: Path):
     configuration: mean ± sd over them, n shown. A run differing in anything else is not grouped."""
     import statistics
 
-    from resvae.analyze import compare_figure, seed_means
+    from resvae.cli.analyze import compare_figure, seed_means
 
     sweep = tmp_path / "multirun"
     runs = {  # (depth, shortcut, seed, lr): final training loss
@@ -413,7 +413,7 @@ def test_compare_shows_mean_and_sd_over_seeds_with_n(tmp_path: Path):
 
 
 def test_lesion_and_gradient_plots_say_which_network_is_plain(tmp_path: Path):
-    from resvae.analyze import plot_gradients, plot_lesion
+    from resvae.cli.analyze import plot_gradients, plot_lesion
 
     x = images(4)
     res = subject(vae(28))

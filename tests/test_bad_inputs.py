@@ -1,6 +1,6 @@
 """Bad input is one line with the fix and exit 2, and nothing is created or lost.
 
-The command lines are checked before Hydra starts (resvae/preflight.py); the table below is the
+The command lines are checked before Hydra starts (resvae/run/preflight.py); the table below is the
 one a red team tried against 14b4f38, where each gave a traceback, Hydra's advice to append the
 key with '+', or trained (a name with '..' wrote a whole run outside the output root).
 """
@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from resvae.checkpointing import CheckpointError, read_checkpoint
-from resvae.preflight import config_problem
+from resvae.run.checkpoints import CheckpointError, read_checkpoint
+from resvae.run.preflight import config_problem
 from tests.conftest import TINY, only_run_dir
 
 # (command line, words the one line must hold)
@@ -77,7 +77,7 @@ def test_a_slurm_sweep_without_sbatch_is_refused(monkeypatch: pytest.MonkeyPatch
     assert problem is not None and "sbatch" in problem and "submitit_local" in problem
 
 
-def run(args: list[str], cwd: Path, module: str = "resvae.train") -> subprocess.CompletedProcess:
+def run(args: list[str], cwd: Path, module: str = "resvae.cli.train") -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
@@ -109,7 +109,7 @@ def test_the_app_exits_2_with_one_line_and_creates_nothing(tmp_path: Path, args:
 
 
 def test_resvae_bench_shares_the_key_check(tmp_path: Path) -> None:
-    proc = run(["model.arch.dept=28"], tmp_path, module="resvae.bench")
+    proc = run(["model.arch.dept=28"], tmp_path, module="resvae.cli.bench")
     assert proc.returncode == 2
     assert proc.stderr.strip() == (
         "resvae-bench: error: model.arch.dept is not a key of this config; did you mean model.arch.depth? "
@@ -172,7 +172,7 @@ def test_a_run_that_never_had_a_finite_val_loss_has_no_best_ckpt_and_every_tool_
     assert not (run_dir / "checkpoints" / "best.ckpt").exists()  # Lightning would save the NaN epoch
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["status"] == "failed" and summary.get("best_val_loss") is None
-    for tool in (["resvae.evaluate"], ["resvae.sample"], ["resvae.analyze", "lesion"]):
+    for tool in (["resvae.cli.evaluate"], ["resvae.cli.sample"], ["resvae.cli.analyze", "lesion"]):
         out = subprocess.run(
             [sys.executable, "-m", *tool, str(run_dir), "--device", "cpu"],
             cwd=tmp_path,

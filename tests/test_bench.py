@@ -11,10 +11,10 @@ import lightning as L
 import pytest
 import torch
 
-from resvae.bench import acceptance, format_table, main, parse_args
-from resvae.bench.common import Numerics, compose_config, resolve_numerics
-from resvae.bench.peaks import gpu_model, mfu, peak_tflops
-from resvae.bench.real_loop import figures
+from resvae.cli.bench import acceptance, format_table, main, parse_args
+from resvae.cli.bench.common import Numerics, compose_config, resolve_numerics
+from resvae.cli.bench.peaks import gpu_model, mfu, peak_tflops
+from resvae.cli.bench.real_loop import figures
 
 TINY = ["experiment=smoke", "model.arch.width=2", "model.arch.image_size=8", "data.image_size=8"]
 
@@ -178,7 +178,7 @@ def test_an_old_lightning_is_refused_in_one_line(monkeypatch, capsys) -> None:
 
 
 def test_bench_flops_grow_with_depth_and_table_formats() -> None:
-    from resvae.bench import build_model, train_gflop_per_image
+    from resvae.cli.bench import build_model, train_gflop_per_image
 
     cpu = torch.device("cpu")
     flops = [

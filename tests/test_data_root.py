@@ -1,4 +1,4 @@
-"""Which images resvae-analyze, resvae-eval and resvae-sample read (resvae/data_root.py): the
+"""Which images resvae-analyze, resvae-eval and resvae-sample read (resvae/cli/data_root.py): the
 same rule for all, `--data-root`, else the run's .hydra/config.yaml, else $RESVAE_DATA or
 ./data, and one line on stderr saying which and why. Tiny CIFAR-10 archives stand for two data
 sets, A (the run's) and B (what $RESVAE_DATA points at): they differ in images and in size, so
@@ -15,11 +15,11 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from resvae import analyze, evaluate, sample
+from resvae.cli import analyze, evaluate, sample
+from resvae.cli.data_root import resolve_data_root, run_folder
 from resvae.data import CIFAR10DataModule
 from resvae.data.archive import write_batch
 from resvae.data.modules import synthetic_images
-from resvae.data_root import resolve_data_root, run_folder
 from resvae.models import VAE
 from resvae.nn import ArchConfig
 

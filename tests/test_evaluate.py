@@ -21,7 +21,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from resvae import evaluate
+from resvae.cli import evaluate
 from resvae.models.diagnostics import PosteriorStats, active_units, kl_per_dimension
 from resvae.models.objectives import gaussian_kl
 from tests.conftest import TINY, only_run_dir
@@ -52,7 +52,7 @@ def train_runs(root: Path, runs: dict[str, list[str]], timeout: float = 300) -> 
     for name, overrides in runs.items():
         cwd = root / name
         cwd.mkdir(parents=True)
-        cmd = [sys.executable, "-m", "resvae.train", *TINY, "logger=csv", *overrides]
+        cmd = [sys.executable, "-m", "resvae.cli.train", *TINY, "logger=csv", *overrides]
         pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.STDOUT, "text": True}
         procs[name] = (cwd, subprocess.Popen(cmd, cwd=cwd, env=quiet_env(), **pipes))
     outputs = {name: proc.communicate(timeout=timeout)[0] for name, (_, proc) in procs.items()}
@@ -153,7 +153,7 @@ def test_same_seed_same_numbers_in_two_processes(runs: dict[str, Path], tmp_path
     """A fresh process and this one (which trained nothing but has run other evaluations and
     drawn from the global RNG before) give the same eval.json and the same printed line."""
     args = [str(runs["vae"]), "--iw-samples", "10", "--seed", "3", "--device", "cpu", "--batch-size", "20"]
-    proc = run_cli("resvae.evaluate", *args, "--out", str(tmp_path / "fresh.json"), cwd=tmp_path)
+    proc = run_cli("resvae.cli.evaluate", *args, "--out", str(tmp_path / "fresh.json"), cwd=tmp_path)
     torch.randn(100)  # whatever this process drew before does not matter
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):  # while the other process runs

@@ -13,11 +13,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from resvae.analyze import SweepComparison
 from resvae.callbacks.gradient_flow import GradientFlow
-from resvae.config import config_dir
+from resvae.cli.analyze import SweepComparison
 from resvae.models.loading import load_model
 from resvae.nn import MLPArchConfig, ResidualBlock
+from resvae.run.config import config_dir
 from tests.conftest import cpu_trainer, run_dirs
 
 pytestmark = pytest.mark.usefixtures("one_thread")

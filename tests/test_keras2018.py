@@ -249,7 +249,7 @@ def test_model_keras2018_composes_and_refuses_switches_that_do_not_apply() -> No
     from hydra.errors import ConfigCompositionException
     from hydra.utils import instantiate
 
-    from resvae.config import config_dir
+    from resvae.run.config import config_dir
 
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose(
@@ -268,7 +268,7 @@ def test_model_keras2018_composes_and_refuses_switches_that_do_not_apply() -> No
 def test_seed_depth_sweep_runs_the_study_network_with_its_protocol() -> None:
     from hydra import compose, initialize_config_dir
 
-    from resvae.config import config_dir
+    from resvae.run.config import config_dir
 
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=seed_depth_sweep"], return_hydra_config=True)

@@ -18,7 +18,6 @@ import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.distributions import Normal, kl_divergence
 
-from resvae.checkpointing import AtomicCheckpointIO, CheckpointError, read_checkpoint
 from resvae.data import SyntheticDataModule
 from resvae.models import AE, MODELS, VAE, NonFiniteTrainingError, StepOptions
 from resvae.models.base import build_optimizer
@@ -27,6 +26,7 @@ from resvae.models.loading import load_model
 from resvae.models.objectives import AEObjective, VAEObjective, gaussian_kl
 from resvae.models.step import DeviceMeans, TrainStep, supports_device_skip
 from resvae.nn import ArchConfig
+from resvae.run.checkpoints import AtomicCheckpointIO, CheckpointError, read_checkpoint
 from tests.conftest import cpu_trainer
 
 TINY_ARCH = dict(depth=28, width=2, latent_dim=8)

@@ -513,7 +513,7 @@ def test_the_gated_shortcut_of_the_network_starts_at_the_documented_carry(preact
     from hydra import compose, initialize_config_dir
     from hydra.utils import instantiate
 
-    from resvae.config import config_dir
+    from resvae.run.config import config_dir
 
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         cfg = compose("train", overrides=["model.arch.shortcut=gated", f"model.arch.preact={preact}"])

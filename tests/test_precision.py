@@ -17,7 +17,7 @@ from lightning.pytorch.plugins.precision import MixedPrecision
 
 from resvae.models import VAE
 from resvae.nn import ArchConfig
-from resvae.numerics import conv_precision_for, set_float32_precision
+from resvae.run.numerics import conv_precision_for, set_float32_precision
 from tests.conftest import cpu_trainer
 from tests.test_skipped_step import Batches, batches
 
@@ -93,7 +93,7 @@ def test_highest_is_ieee_float32_for_convolutions_too() -> None:
 def test_the_study_protocol_composes_to_ieee_float32() -> None:
     from hydra import compose, initialize_config_dir
 
-    from resvae.config import config_dir
+    from resvae.run.config import config_dir
 
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
         study = compose("train", overrides=["experiment=seed_depth_sweep"])

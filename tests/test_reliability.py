@@ -19,13 +19,13 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 
 import resvae
 from resvae.callbacks import RunSummary
-from resvae.checkpointing import AtomicCheckpointIO
-from resvae.config import config_dir
 from resvae.data import SyntheticDataModule
-from resvae.io import atomic_write_json
 from resvae.models import VAE, NonFiniteTrainingError
 from resvae.nn import ArchConfig
-from resvae.run import Run, config_hash, without_new_nulls
+from resvae.run.checkpoints import AtomicCheckpointIO
+from resvae.run.config import config_dir
+from resvae.run.folder import Run, config_hash, without_new_nulls
+from resvae.run.io import atomic_write_json
 from tests.conftest import TINY, cpu_trainer
 
 # ----------------------------------------------------------------------------- atomic writes
@@ -49,7 +49,7 @@ def test_interrupted_checkpoint_write_leaves_the_old_file(tmp_path: Path, monkey
 
 
 def test_a_full_disk_is_one_clear_error_and_leaves_the_old_file(tmp_path: Path, monkeypatch) -> None:
-    import resvae.io
+    import resvae.run.io
 
     path = tmp_path / "last.ckpt"
     AtomicCheckpointIO().save_checkpoint({"generation": 1}, path)
@@ -60,8 +60,8 @@ def test_a_full_disk_is_one_clear_error_and_leaves_the_old_file(tmp_path: Path, 
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(torch, "save", disk_fills_up)
-    monkeypatch.setattr(resvae.io.shutil, "disk_usage", lambda p: usage(1 << 30, (1 << 30) - 4096, 4096))
-    with pytest.raises(resvae.io.DiskFullError, match="no space left .* free some space, then rerun"):
+    monkeypatch.setattr(resvae.run.io.shutil, "disk_usage", lambda p: usage(1 << 30, (1 << 30) - 4096, 4096))
+    with pytest.raises(resvae.run.io.DiskFullError, match="no space left .* free some space, then rerun"):
         AtomicCheckpointIO().save_checkpoint({"generation": 2}, path)
     monkeypatch.undo()
     assert torch.load(path, weights_only=True)["generation"] == 1

@@ -16,7 +16,7 @@ from urllib.parse import unquote, urlparse
 import pytest
 from PIL import Image
 
-from resvae import report
+from resvae.sweep import report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -223,7 +223,7 @@ def test_main_prints_table_and_page(sweep: Path, capsys: pytest.CaptureFixture[s
 
 def test_main_missing_folder_is_one_error_line(tmp_path: Path) -> None:
     proc = subprocess.run(
-        [sys.executable, "-m", "resvae.report", str(tmp_path / "nope")], capture_output=True, text=True
+        [sys.executable, "-m", "resvae.sweep.report", str(tmp_path / "nope")], capture_output=True, text=True
     )
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [

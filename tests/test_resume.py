@@ -53,7 +53,7 @@ def epoch_rows(root: Path) -> dict[str, dict[int, float]]:
 def start(root: Path, *args: str) -> subprocess.Popen:
     env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1"}
     return subprocess.Popen(
-        [sys.executable, "-m", "resvae.train", *args],
+        [sys.executable, "-m", "resvae.cli.train", *args],
         cwd=root,
         env=env,
         stdout=subprocess.PIPE,

@@ -16,12 +16,12 @@ import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from resvae.callbacks import Preempted, Preemption
-from resvae.checkpointing import CheckpointError, check_compatible
-from resvae.config import MAX_LEAF, run_leaf
 from resvae.data import SyntheticDataModule
 from resvae.models import VAE
 from resvae.nn import ArchConfig
+from resvae.run.checkpoints import CheckpointError, check_compatible
+from resvae.run.config import MAX_LEAF, run_leaf
+from resvae.run.signals import Preempted, Preemption
 from tests.conftest import TINY, cpu_trainer, only_run_dir
 
 

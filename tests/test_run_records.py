@@ -36,7 +36,7 @@ def metric_rows(run_dir: Path) -> list[dict[str, str]]:
 def start(root: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
     full_env = {**os.environ, "WANDB_MODE": "offline", "PYTHONUNBUFFERED": "1", **(env or {})}
     return subprocess.Popen(
-        [sys.executable, "-m", "resvae.train", *args],
+        [sys.executable, "-m", "resvae.cli.train", *args],
         cwd=root,
         env=full_env,
         stdout=subprocess.PIPE,

@@ -11,8 +11,8 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from resvae import sample
-from resvae.evaluate import load_split
+from resvae.cli import sample
+from resvae.cli.evaluate import load_split
 from tests.test_evaluate import one_error_line, run_cli, train_runs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -63,7 +63,7 @@ def pngs(folder: Path) -> dict[str, bytes]:
 def test_same_seed_byte_identical_files_in_two_processes(runs: dict[str, Path], tmp_path: Path) -> None:
     """A fresh process and this one (which has run other things before) write the same bytes."""
     args = [str(runs["vae"]), *SMALL, "--seed", "5"]
-    proc = run_cli("resvae.sample", *args, "--out", str(tmp_path / "a"), cwd=tmp_path)
+    proc = run_cli("resvae.cli.sample", *args, "--out", str(tmp_path / "a"), cwd=tmp_path)
     assert sample.main([*args, "--out", str(tmp_path / "b")]) == 0  # while the other one runs
     assert sample.main([*args[:-1], "6", "--out", str(tmp_path / "c")]) == 0
     out, err = proc.communicate(timeout=120)

@@ -15,10 +15,10 @@ from hydra import compose, initialize_config_dir
 from lightning.pytorch.callbacks import EarlyStopping
 from omegaconf import OmegaConf
 
-from resvae.config import config_dir
 from resvae.models import Keras2018VAE
 from resvae.models.schedulers import KerasReduceLROnPlateau
 from resvae.nn.keras2018 import Keras2018Config
+from resvae.run.config import config_dir
 from tests.conftest import cpu_trainer
 
 

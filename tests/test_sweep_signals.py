@@ -1,4 +1,4 @@
-"""A sweep stopped by a signal (resvae/hydra_callbacks.py): its report lists the interrupted job
+"""A sweep stopped by a signal (resvae/sweep/callbacks.py): its report lists the interrupted job
 as interrupted (not failed) and the jobs that never started as not started, and is written even
 though W&B has shut down by the time the report is logged."""
 
@@ -13,9 +13,9 @@ import pytest
 from hydra import compose, initialize_config_dir
 from omegaconf import open_dict, read_write
 
-from resvae import hydra_callbacks
-from resvae.config import config_dir, run_leaf
-from resvae.hydra_callbacks import finish_sweep, format_sweep_report, sweep_jobs
+from resvae.run.config import config_dir, run_leaf
+from resvae.sweep import callbacks as hydra_callbacks
+from resvae.sweep.callbacks import finish_sweep, format_sweep_report, sweep_jobs
 from tests.conftest import TINY, run_dirs
 from tests.test_sweeps import finish, read_status, start, summary, sweep_folders, wait_for
 

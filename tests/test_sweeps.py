@@ -23,8 +23,8 @@ from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
-from resvae.config import config_dir
 from resvae.metrics import DASHBOARD_FIELDS
+from resvae.run.config import config_dir
 from tests.conftest import REPO, TINY, only_run_dir, run_dirs
 
 # a short run whose resume must match an uninterrupted one (as in test_resume.py)
@@ -42,7 +42,7 @@ def compose_train(overrides: list[str], hydra_cfg: bool = False):
 
 
 def start(root: Path, *args: str, env: dict[str, str] | None = None) -> tuple[subprocess.Popen, Path]:
-    """`python -m resvae.train ARGS` in root, W&B offline; stdout and stderr go to a file (a pipe
+    """`python -m resvae.cli.train ARGS` in root, W&B offline; stdout and stderr go to a file (a pipe
     nobody reads would block a long run)."""
     env = {
         **os.environ,
@@ -55,7 +55,7 @@ def start(root: Path, *args: str, env: dict[str, str] | None = None) -> tuple[su
     out = root / f"out-{time.monotonic_ns()}.txt"
     with open(out, "w") as f:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "resvae.train", *args],
+            [sys.executable, "-m", "resvae.cli.train", *args],
             cwd=root,
             env=env,
             stdout=f,
@@ -481,7 +481,7 @@ def test_a_signal_outside_training_runs_the_handler_there_before_then_stops() ->
     """Before and after fit, a configured signal ends the job; a handler installed earlier
     (submitit's) still runs first: its SIGTERM handler only logs (the job must still stop), its
     SIGUSR2 handler requeues and exits with its own code (which must win)."""
-    from resvae.callbacks.preemption import StopNow
+    from resvae.run.signals import StopNow
 
     seen: list[int] = []
     with pytest.raises(SystemExit) as stopped:

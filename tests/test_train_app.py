@@ -10,8 +10,8 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from resvae.checkpointing import read_checkpoint
-from resvae.config import config_dir
+from resvae.run.checkpoints import read_checkpoint
+from resvae.run.config import config_dir
 from tests.conftest import TINY, only_run_dir, run_dirs
 from tests.test_report import open_in_chromium
 

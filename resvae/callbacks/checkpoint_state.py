@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from resvae.checkpointing import CHECKPOINT_TAG
-from resvae.run import Run
+from resvae.run.checkpoints import CHECKPOINT_TAG
+from resvae.run.folder import Run
 
 
 class RNGState(L.Callback):

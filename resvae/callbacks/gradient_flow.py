@@ -2,7 +2,7 @@
 
 At the start of each epoch listed in `epochs` (epoch 0's start is the initialisation) and, with
 `at_end`, when fitting ends, the callback measures on a fixed batch of validation images, in
-training mode, for every block (resvae.analyze.network_units: encoder, then decoder):
+training mode, for every block (resvae.cli.analyze.network_units: encoder, then decoder):
 
 - `param_grad_norm`: the norm of the training objective's gradient w.r.t. the block's parameters,
 - `out_grad_norm`: the mean per-image norm of the gradient w.r.t. the block's output,
@@ -26,7 +26,7 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
-from resvae.analyze import GRADIENT_FIELDS, gradient_profile, write_gradients
+from resvae.cli.analyze import GRADIENT_FIELDS, gradient_profile, write_gradients
 
 FOLDER = "gradient_flow"
 NUMBERS = ("index", "param_grad_norm", "param_norm", "out_grad_norm")

@@ -14,7 +14,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from torchvision.utils import make_grid, save_image
 
-from resvae.io import atomic_write
+from resvae.run.io import atomic_write
 
 
 def save_grid(images: torch.Tensor, path: Path, nrow: int) -> Path:

@@ -21,8 +21,8 @@ import lightning as L
 import torch
 
 from resvae import metrics as keys
-from resvae.numerics import effective_float32
-from resvae.run import Run, end_status
+from resvae.run.folder import Run, end_status
+from resvae.run.numerics import effective_float32
 
 
 def finite_number(value: Any) -> float | None:

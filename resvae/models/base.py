@@ -19,7 +19,6 @@ import torch
 from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from resvae import metrics as keys
-from resvae.checkpointing import CHECKPOINT_TAG
 from resvae.models.capture import capture_step
 from resvae.models.compiled import AUTO, COMPILE_MODES, CUDA_GRAPH_MODES, CompiledOrEager, resolve_mode
 from resvae.models.diagnostics import PosteriorStats
@@ -27,6 +26,7 @@ from resvae.models.likelihoods import bits_per_dim
 from resvae.models.objectives import LatentObjective
 from resvae.models.step import DeviceMeans, TrainStep
 from resvae.nn import count_parameters
+from resvae.run.checkpoints import CHECKPOINT_TAG
 
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 CAPTURE_MODES = ("none", "cuda_graph")

@@ -8,9 +8,9 @@ from typing import Any
 
 import torch
 
-from resvae.checkpointing import CHECKPOINT_TAG, CheckpointError, read_checkpoint
 from resvae.models.base import LatentModel
 from resvae.nn import ARCHS
+from resvae.run.checkpoints import CHECKPOINT_TAG, CheckpointError, read_checkpoint
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> LatentModel:

@@ -10,7 +10,7 @@ CKPT is a checkpoint or a run folder (its best.ckpt, else last.ckpt). Each write
 CSV table and a PNG plot into `--out` (default: `<run>/analysis/` of the first checkpoint;
 `<SWEEP_DIR>/analysis/` for compare) and, with `--wandb-project`, logs them to W&B. Images come
 from the run's data config (the one stored in the checkpoint, else `.hydra/config.yaml`) read
-from the data root that resvae/data_root.py picks, as resvae-eval and resvae-sample do:
+from the data root that resvae/cli/data_root.py picks, as resvae-eval and resvae-sample do:
 `--data-root DIR`, else the run's `.hydra/config.yaml` `data.root`, else `$RESVAE_DATA` or
 `./data`; one line on stderr says which and why. `--synthetic` uses generated images instead.
 Bad input (a missing or unsafe checkpoint, missing data, a bad override) is one error line and
@@ -61,10 +61,10 @@ from hydra.errors import HydraException
 from hydra.experimental.callback import Callback
 from torch import nn
 
-from resvae.io import atomic_write, atomic_write_json
 from resvae.nn.blocks import ResidualBlock
 from resvae.nn.mlp import MLPBlock
 from resvae.nn.residual import Residual
+from resvae.run.io import atomic_write, atomic_write_json
 
 PROGRAM = "resvae-analyze"
 
@@ -199,12 +199,12 @@ def run_dir_of(ckpt: Path) -> Path:
 
 
 def load_subject(path: str | Path, device: torch.device) -> Subject:
-    from resvae.checkpointing import CHECKPOINT_TAG, read_checkpoint
     from resvae.models.loading import load_model
+    from resvae.run.checkpoints import CHECKPOINT_TAG, read_checkpoint
 
     path = Path(path)
     if path.is_dir():  # a run folder, as resvae-eval and resvae-sample take it
-        from resvae.evaluate import find_checkpoint
+        from resvae.cli.evaluate import find_checkpoint
 
         path = find_checkpoint(path)
     model = load_model(path, device)
@@ -225,7 +225,7 @@ def _run_data_config(path: Path) -> dict[str, Any] | None:
     from omegaconf import OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    import resvae.config  # noqa: F401  (registers the resolvers the configs use)
+    import resvae.run.config  # noqa: F401  (registers the resolvers the configs use)
 
     try:
         cfg = OmegaConf.load(path)
@@ -244,7 +244,7 @@ def init_subject(overrides: str, device: torch.device) -> Subject:
     from hydra.utils import instantiate
     from omegaconf import OmegaConf
 
-    from resvae.config import config_dir
+    from resvae.run.config import config_dir
 
     words = shlex.split(overrides)
     with initialize_config_dir(str(config_dir()), version_base="1.3"):
@@ -258,13 +258,13 @@ def init_subject(overrides: str, device: torch.device) -> Subject:
 
 def subject_data(subject: Subject, args: argparse.Namespace) -> Any:
     """The subject's data module, set up (made once per subject): --synthetic, else the run's
-    data config reading from the data root that resvae/data_root.py picks (--data-root, the
+    data config reading from the data root that resvae/cli/data_root.py picks (--data-root, the
     run's .hydra/config.yaml, the default), as resvae-eval and resvae-sample do. Prints one line
     on stderr saying which data and why, and a warning when the images are not the run's."""
     from hydra.utils import instantiate
 
+    from resvae.cli.data_root import check_fingerprint, describe, resolve_data_root, with_root
     from resvae.data import CIFAR10DataModule, SyntheticDataModule
-    from resvae.data_root import check_fingerprint, describe, resolve_data_root, with_root
 
     if subject.data is not None:
         return subject.data
@@ -402,7 +402,7 @@ def recorded_val_loss(subject: Subject) -> tuple[float, str] | None:
     """The validation loss the run recorded for the checkpoint's weights, and where it was read:
     metrics.csv's val/loss at the checkpoint's epoch, else summary.json's best_val_loss (for
     best.ckpt) or val_loss (the last epoch's, for any other checkpoint). None without a run."""
-    from resvae.report import read_curves
+    from resvae.sweep.report import read_curves
 
     run = subject.run_dir
     if run is None or subject.checkpoint is None:
@@ -738,7 +738,7 @@ def compare_rows(sweep_dir: Path, keys: Sequence[str]) -> list[dict[str, Any]]:
     """One row per job folder of `sweep_dir`: the values of `keys` (dotted config keys, read from
     summary.json's config), its seed, the final and minimum losses, and `group`: the same for
     the runs that differ only in their seeds (seed_group)."""
-    from resvae.report import collect_runs
+    from resvae.sweep.report import collect_runs
 
     rows = []
     for run in collect_runs(sweep_dir):
@@ -904,7 +904,7 @@ class SweepComparison(Callback):
     """Hydra callback: `compare_sweep` into the sweep folder when the multirun ends (also at
     exit, if a job's exception ends the sweep early), and to W&B when the config has a W&B logger.
 
-    Add it in an experiment:  hydra.callbacks.<name>: {_target_: resvae.analyze.SweepComparison,
+    Add it in an experiment:  hydra.callbacks.<name>: {_target_: resvae.cli.analyze.SweepComparison,
     name: <name>, x: <dotted key or null>, series: <dotted key>}
     """
 
@@ -993,7 +993,7 @@ def log_to_wandb(
     otherwise online only when logged in."""
     import wandb
 
-    from resvae.config import wandb_offline
+    from resvae.run.config import wandb_offline
 
     mode = None if os.environ.get("WANDB_MODE") else ("offline" if wandb_offline() else "online")
     run = wandb.init(
@@ -1360,7 +1360,7 @@ def _check(args: argparse.Namespace) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from resvae.errors import USER_ERRORS, one_line
+    from resvae.run.errors import USER_ERRORS, one_line
 
     args = build_parser().parse_args(argv)
     try:

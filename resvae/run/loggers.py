@@ -22,7 +22,7 @@ import lightning as L
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_only
 
-from resvae.io import atomic_write
+from resvae.run.io import atomic_write
 
 FIRST_COLUMNS = ("epoch", "step")
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from resvae.bench.common import (
+from resvae.cli.bench.common import (
     EPOCH_IMAGES,
     Numerics,
     build_model,
@@ -23,9 +23,9 @@ from resvae.bench.common import (
     synchronize,
     train_gflop_per_image,
 )
-from resvae.bench.loops import in_process_row
-from resvae.bench.peaks import mfu, peak_tflops
-from resvae.bench.real_loop import RealLoopError, lightning_row
+from resvae.cli.bench.loops import in_process_row
+from resvae.cli.bench.peaks import mfu, peak_tflops
+from resvae.cli.bench.real_loop import RealLoopError, lightning_row
 from resvae.data.device_batches import DeviceBatches
 
 LOOPS = ("bare", "step", "step-captured", "lightning", "lightning-captured")

@@ -6,7 +6,7 @@
     resvae-train experiment=depth_sweep               # the recommended GPU sweep
 
 A run's folder has no timestamp, so the same command finds it again: a rerun or a requeued job
-continues from checkpoints/last.ckpt, and a finished run is not trained twice (resvae/run.py).
+continues from checkpoints/last.ckpt, and a finished run is not trained twice (resvae/run/folder.py).
 """
 
 from __future__ import annotations
@@ -30,18 +30,18 @@ from lightning.pytorch.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
-from resvae import errors
-from resvae.callbacks import Preempted, Preemption, RNGState, RunSummary, RunTag
-from resvae.callbacks.preemption import StopNow
-from resvae.checkpointing import AtomicCheckpointIO, BackgroundCheckpointIO, read_checkpoint
-from resvae.config import config_dir, config_problem
-from resvae.io import atomic_write
-from resvae.loggers import MetricsCSVLogger, finish_wandb, wandb_summary_mirror
+from resvae.callbacks import RNGState, RunSummary, RunTag
 from resvae.models import NonFiniteTrainingError
-from resvae.numerics import set_float32_precision
-from resvae.run import Run, checkpoint_callbacks, git_commit, hashed_config
+from resvae.run import errors
+from resvae.run.checkpoints import AtomicCheckpointIO, BackgroundCheckpointIO, read_checkpoint
+from resvae.run.config import config_dir, config_problem
+from resvae.run.folder import Run, checkpoint_callbacks, git_commit, hashed_config
+from resvae.run.io import atomic_write
+from resvae.run.loggers import MetricsCSVLogger, finish_wandb, wandb_summary_mirror
+from resvae.run.numerics import set_float32_precision
+from resvae.run.signals import Preempted, Preemption, StopNow
 
-log = logging.getLogger("resvae.train")
+log = logging.getLogger("resvae.cli.train")
 
 
 def make_loggers(cfg: DictConfig, run: Run) -> list[Any]:

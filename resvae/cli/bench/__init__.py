@@ -8,19 +8,19 @@
 Rows, each timed over the same window (--steps after --warmup), the device synchronised at
 the window's start and end:
   bare                 a minimal independent loop: the network's forward, MSE + KL, backward,
-                       optimizer.step, zero_grad (resvae.bench.loops)
+                       optimizer.step, zero_grad (resvae.cli.bench.loops)
   step                 the project's TrainStep (clipping, the non-finite guard, metric sums,
                        flips, the model's own loss), eager
   step-captured        the same with its closure replayed as a CUDA graph (GPU only)
   lightning            resvae-train itself in a subprocess (Lightning's loop, validation,
-                       checkpoints, logging), timed inside it by resvae.bench.timer.WindowTimer
+                       checkpoints, logging), timed inside it by resvae.cli.bench.timer.WindowTimer
   lightning-captured   the same with model.train_step.capture=cuda_graph (GPU only)
 MFU is against the dense spec peak of the precision that ran (bf16, tf32 or fp32;
-resvae.bench.peaks); an unknown GPU gets none. Prints a table and JSON lines (--json FILE).
+resvae.cli.bench.peaks); an unknown GPU gets none. Prints a table and JSON lines (--json FILE).
 """
 
-from resvae.bench.cli import main, parse_args
-from resvae.bench.common import build_model, compose_config, train_gflop_per_image
-from resvae.bench.table import format_table
+from resvae.cli.bench.cli import main, parse_args
+from resvae.cli.bench.common import build_model, compose_config, train_gflop_per_image
+from resvae.cli.bench.table import format_table
 
 __all__ = ["build_model", "compose_config", "format_table", "main", "parse_args", "train_gflop_per_image"]

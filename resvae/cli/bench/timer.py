@@ -20,7 +20,7 @@ from typing import Any
 import lightning as L
 import torch
 
-from resvae.numerics import effective_float32
+from resvae.run.numerics import effective_float32
 
 
 class WindowTimer(L.Callback):

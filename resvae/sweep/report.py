@@ -4,7 +4,7 @@ Usage::
 
     resvae-report outputs/depth_sweep/multirun
     resvae-report outputs/depth_sweep/multirun --wandb-project resvae --wandb-group depth_sweep
-    python -m resvae.report outputs/depth_sweep/multirun
+    python -m resvae.sweep.report outputs/depth_sweep/multirun
 
 A sweep folder holds one folder per job (one with a `summary.json` or a `.hydra/` folder).
 `write_report(sweep_dir)` writes into the sweep folder:
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from resvae.io import atomic_write
+from resvae.run.io import atomic_write
 
 PLOTS_DIR = "report"
 FAILED = ("failed", "interrupted", "broken")
@@ -616,7 +616,7 @@ def log_report_to_wandb(sweep_dir: str | Path, project: str, group: str, entity:
     plots = write_plots(runs, rows, sweep_dir / PLOTS_DIR)
     mode = None
     if not os.environ.get("WANDB_MODE"):
-        from resvae.config import wandb_offline
+        from resvae.run.config import wandb_offline
 
         mode = "offline" if wandb_offline() else "online"
     wandb.init(

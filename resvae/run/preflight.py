@@ -26,8 +26,8 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
-from resvae.config import config_dir
-from resvae.numerics import CONV_PRECISIONS, MATMUL_PRECISIONS
+from resvae.run.config import config_dir
+from resvae.run.numerics import CONV_PRECISIONS, MATMUL_PRECISIONS
 
 USER_CONFIG_FLAGS = ("-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name")
 NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")

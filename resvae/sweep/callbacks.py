@@ -1,8 +1,8 @@
 """The sweep's Hydra callback: its report, stopping local jobs, continuing an Optuna study.
 
 `SweepReport` (hydra.callbacks.sweep_report in conf/train.yaml): a multirun ends with its report
-(report.md/.csv/.html, resvae/report.py), a table of its jobs, and a non-zero exit code when a job
-failed. A job that fails with a user error (resvae/errors.py) returns and the sweep goes on; this
+(report.md/.csv/.html, resvae/sweep/report.py), a table of its jobs, and a non-zero exit code when a job
+failed. A job that fails with a user error (resvae/run/errors.py) returns and the sweep goes on; this
 callback's on_multirun_end then sees it in summary.json and exits 1. A job that fails with any
 other exception makes Hydra's basic sweeper re-raise it after the sweep, which skips
 on_multirun_end; so the report is also registered with atexit and written however the process
@@ -17,7 +17,7 @@ before the report is written at exit): that is one line, and the report is still
 Under `hydra/launcher=submitit_local` the jobs are child processes of the sweep, which would
 keep training when the sweep process is stopped. `SweepReport` then forwards SIGTERM and SIGINT
 sent to the sweep process to every running job as SIGTERM (each saves last.ckpt at its current
-batch, resvae/callbacks/preemption.py), waits for them (`stop_grace_s`, then kills them), writes
+batch, resvae/run/signals.py), waits for them (`stop_grace_s`, then kills them), writes
 the report and exits with 128 + the signal. A second signal kills the jobs at once. Jobs still
 running when the sweep process ends for another reason are stopped the same way.
 
@@ -49,8 +49,8 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf, open_dict, read_write
 
-from resvae.config import SWEEP_ENV, run_leaf
-from resvae.report import FAILED, collect_runs, log_report_to_wandb, write_report
+from resvae.run.config import SWEEP_ENV, run_leaf
+from resvae.sweep.report import FAILED, collect_runs, log_report_to_wandb, write_report
 
 log = logging.getLogger("resvae.sweep")
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from resvae.bench.common import EPOCH_IMAGES, VAL_IMAGES, Numerics
+from resvae.cli.bench.common import EPOCH_IMAGES, VAL_IMAGES, Numerics
 
 
 class RealLoopError(RuntimeError):
@@ -53,7 +53,7 @@ def train_args(
         "resume=never",
         f"model.train_step.capture={'cuda_graph' if capture else 'none'}",
         f"trainer.accelerator={'gpu' if device.type == 'cuda' else 'cpu'}",
-        f"{timer}._target_=resvae.bench.timer.WindowTimer",
+        f"{timer}._target_=resvae.cli.bench.timer.WindowTimer",
         f"{timer}.warmup={warmup}",
         f"{timer}.steps={steps}",
         f"{timer}.path={workdir / 'window.json'}",
@@ -72,7 +72,7 @@ def lightning_row(
     env["OMP_NUM_THREADS"] = str(torch.get_num_threads())  # the same intra-op threads as in-process rows
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "resvae.train", *args],
+            [sys.executable, "-m", "resvae.cli.train", *args],
             env=env, capture_output=True, text=True, timeout=timeout_s,
         )  # fmt: skip
     except subprocess.TimeoutExpired as err:

@@ -12,9 +12,9 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import DictConfig
 
-from resvae.config import auto_precision, config_dir
 from resvae.models.base import LatentModel
-from resvae.numerics import set_float32_precision
+from resvae.run.config import auto_precision, config_dir
+from resvae.run.numerics import set_float32_precision
 
 EPOCH_IMAGES, VAL_IMAGES = 50_000, 10_000  # CIFAR-10: a training epoch, the test set
 
@@ -72,7 +72,7 @@ class Numerics:
 
 def resolve_numerics(cfg: DictConfig, requested: str, device: torch.device) -> Numerics:
     """The precision every row of `cfg` runs with, applied to this process as resvae-train applies
-    it (resvae.numerics: matmul_precision=highest is IEEE float32 for convolutions too)."""
+    it (resvae.run.numerics: matmul_precision=highest is IEEE float32 for convolutions too)."""
     precision = str(cfg.trainer.precision) if requested == "config" else requested
     if precision in ("auto", "None") or "auto_precision" in precision:
         precision = auto_precision()

@@ -15,8 +15,9 @@ from omegaconf import OmegaConf
 
 def config_dir() -> Path:
     """`conf/` of the source tree, or the copy packed into an installed wheel."""
-    packed = Path(__file__).parent / "conf"
-    return packed if packed.is_dir() else Path(__file__).resolve().parent.parent / "conf"
+    package = Path(__file__).resolve().parents[1]  # resvae/
+    packed = package / "conf"
+    return packed if packed.is_dir() else package.parent / "conf"
 
 
 def auto_precision() -> str:
@@ -88,7 +89,7 @@ def sweep_leaf(
 ) -> str:
     """A sweep folder's name: `run_leaf` of the sweep's command line. Hydra resolves the sweep
     folder again in every job, with the job's own overrides, so the sweep's callback
-    (resvae.hydra_callbacks) fixes it for its jobs in the environment, where jobs in other
+    (resvae.sweep.callbacks) fixes it for its jobs in the environment, where jobs in other
     processes (submitit) find it too."""
     return os.environ.get(SWEEP_ENV) or run_leaf(overrides, excluded, also_excluded)
 
@@ -117,8 +118,8 @@ def register_resolvers() -> None:
 
 def config_problem(argv: Sequence[str]) -> str | None:
     """A one-line message for the first problem of a command line's overrides, or None
-    (resvae/preflight.py)."""
-    from resvae.preflight import config_problem as check  # it composes configs: imported late
+    (resvae/run/preflight.py)."""
+    from resvae.run.preflight import config_problem as check  # it composes configs: imported late
 
     return check(argv)
 

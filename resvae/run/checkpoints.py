@@ -18,7 +18,7 @@ import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.plugins.io import AsyncCheckpointIO, TorchCheckpointIO
 
-from resvae.io import atomic_write
+from resvae.run.io import atomic_write
 
 CHECKPOINT_TAG = "resvae"
 

@@ -23,10 +23,10 @@ from typing import Any
 import lightning as L
 import torch
 
-from resvae.bench.suite import LOOPS, Settings, measure
-from resvae.bench.table import by_case, ratio
+from resvae.cli.bench.suite import LOOPS, Settings, measure
+from resvae.cli.bench.table import by_case, ratio
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 MIN_LIGHTNING = (2, 6)
 GPU_BUDGET_S = 540.0  # no row starts after this; leaves a minute of the 10 for the last row
 SEED = ("experiment=seed_depth_sweep",)  # the study's protocol: batch 25, float32, no TF32

@@ -105,7 +105,7 @@ def _stored_root(config: Path) -> tuple[str | None, str | None]:
     from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
-    import resvae.config  # noqa: F401  (registers the resolvers the configs use)
+    import resvae.run.config  # noqa: F401  (registers the resolvers the configs use)
 
     try:
         cfg = OmegaConf.load(config)

@@ -32,10 +32,10 @@ from filelock import FileLock, Timeout
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
-from resvae.checkpointing import CHECKPOINT_TAG, check_compatible, read_checkpoint
-from resvae.io import atomic_write_json, remove_partial_writes
+from resvae.run.checkpoints import CHECKPOINT_TAG, check_compatible, read_checkpoint
+from resvae.run.io import atomic_write_json, remove_partial_writes
 
-log = logging.getLogger("resvae.run")
+log = logging.getLogger("resvae.run.folder")
 
 SUMMARY_FILE = "summary.json"
 LOCK_FILE = ".lock"

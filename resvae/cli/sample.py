@@ -4,7 +4,7 @@ Usage::
 
     resvae-sample outputs/smoke/default                      # a run folder: its best.ckpt (else last.ckpt)
     resvae-sample path/to/x.ckpt --out grids --temperatures 1.0 0.7 --n 64 --seed 1
-    python -m resvae.sample RUN --interpolations 0 --n-recon 0   # prior samples only: no data needed
+    python -m resvae.cli.sample RUN --interpolations 0 --n-recon 0   # prior samples only: no data needed
 
 Writes into `--out` (default: RUN/samples_eval/), each PNG atomically:
 
@@ -33,11 +33,9 @@ from types import SimpleNamespace
 import torch
 
 from resvae.callbacks.grids import save_grid
-from resvae.checkpointing import CHECKPOINT_TAG, read_checkpoint
-from resvae.cli_args import add_run_options, nonnegative_int, positive_int
-from resvae.data_root import resolve_data_root
-from resvae.errors import one_line
-from resvae.evaluate import (
+from resvae.cli.args import add_run_options, nonnegative_int, positive_int
+from resvae.cli.data_root import resolve_data_root
+from resvae.cli.evaluate import (
     INPUT_ERRORS,
     SPLITS,
     EvaluationError,
@@ -51,6 +49,8 @@ from resvae.evaluate import (
     targets_of,
 )
 from resvae.models.base import LatentModel
+from resvae.run.checkpoints import CHECKPOINT_TAG, read_checkpoint
+from resvae.run.errors import one_line
 
 PROG = "resvae-sample"
 OUT_DIR = "samples_eval"

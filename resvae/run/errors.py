@@ -15,11 +15,11 @@ from pathlib import Path
 from hydra.errors import InstantiationException
 from omegaconf.errors import OmegaConfBaseException
 
-from resvae.checkpointing import CheckpointError
 from resvae.data import DatasetError
-from resvae.io import DiskFullError
 from resvae.models import NonFiniteTrainingError
-from resvae.run import RunFolderError
+from resvae.run.checkpoints import CheckpointError
+from resvae.run.folder import RunFolderError
+from resvae.run.io import DiskFullError
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     CheckpointError,

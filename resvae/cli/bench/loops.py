@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
-from resvae.bench.common import EPOCH_IMAGES, Clock, Numerics, build_model, peak_memory_gib, release
+from resvae.cli.bench.common import EPOCH_IMAGES, Clock, Numerics, build_model, peak_memory_gib, release
 from resvae.data.device_batches import DeviceBatches
 from resvae.models.base import AUTOCAST, build_optimizer
 from resvae.models.capture import capture_step

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from resvae.bench import acceptance
-from resvae.bench.common import VAL_IMAGES, resolve_device
-from resvae.bench.suite import LOOPS, REAL_LOOPS, Settings, data_path_row, measure
-from resvae.bench.table import format_table
-from resvae.config import config_problem
+from resvae.cli.bench import acceptance
+from resvae.cli.bench.common import VAL_IMAGES, resolve_device
+from resvae.cli.bench.suite import LOOPS, REAL_LOOPS, Settings, data_path_row, measure
+from resvae.cli.bench.table import format_table
+from resvae.run.config import config_problem
 
 GPU_STEPS, CPU_STEPS = 500, 20  # timed steps by default
 GPU_WARMUP, CPU_WARMUP = 20, 3
@@ -24,7 +24,7 @@ CPU_VAL_IMAGES = 64
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    from resvae.bench import __doc__ as doc
+    from resvae.cli.bench import __doc__ as doc
 
     p = argparse.ArgumentParser(
         prog="resvae-bench",
@@ -129,7 +129,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _measure_depth(args: argparse.Namespace, settings: Settings, depth: int | None) -> list[dict]:
-    from resvae.bench.common import compose_config
+    from resvae.cli.bench.common import compose_config
 
     base = compose_config([*args.overrides, "data=synthetic"])
     depth = depth or int(base.model.arch.depth)

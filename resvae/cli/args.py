@@ -23,11 +23,11 @@ def nonnegative_int(text: str) -> int:
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
-    """--device, --data-root and --config, read by resvae.evaluate.pick_device and run_config."""
+    """--device, --data-root and --config, read by resvae.cli.evaluate.pick_device and run_config."""
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument(
         "--data-root",
         help="where the data is (default: the run's .hydra/config.yaml data.root, else $RESVAE_DATA or "
-        "./data; see resvae/data_root.py)",
+        "./data; see resvae/cli/data_root.py)",
     )
     p.add_argument("--config", type=Path, help="the run's config (default: RUN/.hydra/config.yaml)")

@@ -5,14 +5,14 @@ Usage::
     resvae-eval outputs/smoke/default                        # a run folder: its best.ckpt (else last.ckpt)
     resvae-eval outputs/depth_sweep/multirun                 # a sweep folder: every run folder in it
     resvae-eval path/to/x.ckpt --split val --iw-samples 100 --out x-eval.json
-    python -m resvae.evaluate RUN --device cpu --batch-size 50 --seed 1
+    python -m resvae.cli.evaluate RUN --device cpu --batch-size 50 --seed 1
 
 Per image, then averaged with the standard error over images (std / sqrt(n)): the negative ELBO
 (nats/image and bits/dim), the importance-weighted NLL bound with K samples, the reconstruction
 PSNR and SSIM of the posterior-mean reconstruction, and for a VAE the posterior diagnostics
 (active units, KL per latent dimension). The numbers are a function of the checkpoint, the split,
 K, the batch size and `--seed` (see `batch_seed`); the run's data config (`.hydra/config.yaml`)
-says which images the split holds, read from the data root that resvae/data_root.py picks (as
+says which images the split holds, read from the data root that resvae/cli/data_root.py picks (as
 resvae-analyze and resvae-sample do; one line on stderr says which and why). What it computes and
 how to read eval.json: docs/evaluate.md.
 
@@ -39,10 +39,8 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from resvae.checkpointing import CHECKPOINT_TAG, CheckpointError, read_checkpoint
-from resvae.cli_args import add_run_options, nonnegative_int, positive_int
-from resvae.data import DatasetError
-from resvae.data_root import (
+from resvae.cli.args import add_run_options, nonnegative_int, positive_int
+from resvae.cli.data_root import (
     DataRoot,
     check_fingerprint,
     describe,
@@ -51,11 +49,13 @@ from resvae.data_root import (
     run_folder,
     with_root,
 )
-from resvae.errors import USER_ERRORS, one_line
-from resvae.io import atomic_write_json
+from resvae.data import DatasetError
 from resvae.models.base import LatentModel
 from resvae.models.diagnostics import ACTIVE_THRESHOLD, PosteriorStats
 from resvae.models.likelihoods import bits_per_dim
+from resvae.run.checkpoints import CHECKPOINT_TAG, CheckpointError, read_checkpoint
+from resvae.run.errors import USER_ERRORS, one_line
+from resvae.run.io import atomic_write_json
 
 PROG = "resvae-eval"
 SPLITS = ("test", "val", "train")
@@ -130,7 +130,7 @@ def _diverged(run_dir: Path) -> str | None:
 
 
 def run_dir_of(checkpoint: Path) -> Path | None:
-    """The run folder a checkpoint belongs to: RUN/checkpoints/x.ckpt -> RUN (resvae.data_root)."""
+    """The run folder a checkpoint belongs to: RUN/checkpoints/x.ckpt -> RUN (resvae.cli.data_root)."""
     return run_folder(checkpoint)
 
 
@@ -204,7 +204,7 @@ class SplitImages:
     held_out: bool
     note: str | None  # why the split is not held out
     val_source: str | None
-    data_line: str = ""  # where the images come from and why (resvae.data_root.describe)
+    data_line: str = ""  # where the images come from and why (resvae.cli.data_root.describe)
     warning: str | None = None  # they are not the images the run was trained on
 
 
@@ -215,7 +215,7 @@ def load_split(
     checkpoint_info: dict[str, Any] | None = None,
 ) -> SplitImages:
     """The images of `split` as the run's `data` config defines them (same sizes, same
-    validation hold-out, same seed), read from `root` (resvae.data_root.resolve_data_root; None:
+    validation hold-out, same seed), read from `root` (resvae.cli.data_root.resolve_data_root; None:
     the config's own data.root). Never downloads: missing data is a DatasetError. With the
     checkpoint's resvae entry, images other than the run's give a warning (SplitImages.warning)."""
     from hydra.utils import instantiate

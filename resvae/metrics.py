@@ -6,8 +6,6 @@ objective (`LatentObjective.metric_names`: loss, recon and, for a VAE, kl).
 
 from __future__ import annotations
 
-SPLITS = ("train", "val", "test")
-
 
 def of(split: str, name: str) -> str:
     return f"{split}/{name}"

@@ -13,20 +13,15 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
-from resvae.cli.analyze import (
-    AnalysisError,
-    Subject,
-    SweepComparison,
-    compare_sweep,
-    deleted,
-    gradient_profile,
-    lesion_study,
-    main,
-    network_units,
-)
+from resvae.cli.analyze import main
+from resvae.cli.analyze.common import AnalysisError, Subject
+from resvae.cli.analyze.compare import compare_sweep
+from resvae.cli.analyze.lesion import deleted, lesion_study
 from resvae.data.modules import synthetic_images
 from resvae.models import AE, VAE
+from resvae.models.gradients import gradient_profile, network_units
 from resvae.nn import ArchConfig, MLPArchConfig
+from resvae.sweep.comparison import SweepComparison
 from tests.conftest import cpu_trainer
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -177,7 +172,8 @@ def test_lesion_warns_when_batchnorm_statistics_do_not_fit_and_reestimation_reco
     intact loss far from its recorded validation loss, and deleting blocks then measures that
     drift. The lesion study warns; --bn-reestimate brings the intact loss back to the recorded
     one and reports both losses per deleted block."""
-    from resvae.cli.analyze import batch_norms, mean_loss, reestimate_batch_norm
+    from resvae.cli.analyze.footing import batch_norms, reestimate_batch_norm
+    from resvae.cli.analyze.lesion import mean_loss
     from resvae.data import SyntheticDataModule
 
     model = vae(28, shortcut="none")  # plain, BatchNorm
@@ -225,6 +221,17 @@ def test_lesion_warns_when_batchnorm_statistics_do_not_fit_and_reestimation_reco
     lesion_study(subject(model), images(8), draws=1, seed=0, batch=8, k_max=1, bn_images=dm.splits["train"])
     after = lesion_study(subject(model), images(8), draws=1, seed=0, batch=8, k_max=1)
     assert after["baseline_loss"] == again["baseline_loss"]
+
+
+def test_a_bn_reestimate_that_misses_the_recorded_loss_is_a_warning_too(monkeypatch) -> None:
+    """Too few re-estimation batches can leave statistics worse than the checkpoint's: the
+    re-estimated losses would then be read as damage; the check says so."""
+    from resvae.cli.analyze import footing
+
+    monkeypatch.setattr(footing, "recorded_val_loss", lambda s: (100.0, "summary.json best_val_loss"))
+    check = footing.intact_check(subject(vae(28)), 101.0, 480.0, "test")
+    assert check["agrees"] is True and "the re-estimate does not fit" in check["warning"]
+    assert footing.intact_check(subject(vae(28)), 101.0, 99.0, "test")["warning"] is None
 
 
 # ------------------------------------------------------------------------------------- gradients
@@ -369,7 +376,7 @@ def test_compare_shows_mean_and_sd_over_seeds_with_n(tmp_path: Path):
     configuration: mean ± sd over them, n shown. A run differing in anything else is not grouped."""
     import statistics
 
-    from resvae.cli.analyze import compare_figure, seed_means
+    from resvae.cli.analyze.compare import compare_figure, seed_means
 
     sweep = tmp_path / "multirun"
     runs = {  # (depth, shortcut, seed, lr): final training loss
@@ -413,7 +420,8 @@ def test_compare_shows_mean_and_sd_over_seeds_with_n(tmp_path: Path):
 
 
 def test_lesion_and_gradient_plots_say_which_network_is_plain(tmp_path: Path):
-    from resvae.cli.analyze import plot_gradients, plot_lesion
+    from resvae.cli.analyze.gradients import plot_gradients
+    from resvae.cli.analyze.lesion import plot_lesion
 
     x = images(4)
     res = subject(vae(28))

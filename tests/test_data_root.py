@@ -16,12 +16,13 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from resvae.cli import analyze, evaluate, sample
-from resvae.cli.data_root import resolve_data_root, run_folder
+from resvae.cli.data_root import resolve_data_root
 from resvae.data import CIFAR10DataModule
 from resvae.data.archive import write_batch
 from resvae.data.modules import synthetic_images
 from resvae.models import VAE
 from resvae.nn import ArchConfig
+from resvae.run.layout import run_folder
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -14,10 +14,10 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 from resvae.callbacks.gradient_flow import GradientFlow
-from resvae.cli.analyze import SweepComparison
 from resvae.models.loading import load_model
 from resvae.nn import MLPArchConfig, ResidualBlock
 from resvae.run.config import config_dir
+from resvae.sweep.comparison import SweepComparison
 from tests.conftest import cpu_trainer, run_dirs
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -168,7 +168,7 @@ def test_mlp_model_trains_and_its_checkpoint_loads(model_group, tmp_path: Path):
     loaded = load_model(path)
     assert type(loaded) is type(model) and loaded.arch == model.arch
     z = torch.randn(4, 8)
-    torch.testing.assert_close(loaded.decode(z), model.decode(z))
+    torch.testing.assert_close(loaded.inference.decode(z), model.inference.decode(z))
 
 
 @pytest.mark.slow

@@ -17,6 +17,8 @@ import pytest
 from PIL import Image
 
 from resvae.sweep import report
+from resvae.sweep.runs import collect_runs
+from resvae.sweep.tables import CSV_FIELDS
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -111,7 +113,7 @@ def csv_rows(sweep: Path) -> list[dict[str, str]]:
 
 
 def test_collect_runs_reads_every_job_and_survives_bad_ones(sweep: Path) -> None:
-    runs = {r.name: r for r in report.collect_runs(sweep)}
+    runs = {r.name: r for r in collect_runs(sweep)}
     assert set(runs) == {*FINISHED, FAILED, MALFORMED, NO_SUMMARY}
     assert runs[MALFORMED].status == "broken"
     assert runs[MALFORMED].broken == "summary.json: Expecting value: line 1 column 12"
@@ -243,7 +245,7 @@ def test_wandb_offline_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     tables = list(run_dir.glob("files/media/table/**/*.table.json"))
     assert len(tables) == 1
     table = json.loads(tables[0].read_text())
-    assert table["columns"] == report.CSV_FIELDS
+    assert table["columns"] == CSV_FIELDS
     assert len(table["data"]) == len(FINISHED) + 3 + 2  # runs, failed and broken ones, two means
     assert len(list(run_dir.glob("files/media/images/**/*.png"))) == 3
 

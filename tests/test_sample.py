@@ -12,7 +12,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 
 from resvae.cli import sample
-from resvae.cli.evaluate import load_split
+from resvae.cli.data_root import load_split
 from tests.test_evaluate import one_error_line, run_cli, train_runs
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -1,4 +1,4 @@
-"""A sweep stopped by a signal (resvae/sweep/callbacks.py): its report lists the interrupted job
+"""A sweep stopped by a signal (resvae/sweep/callbacks.py, jobs.py): its report lists the interrupted job
 as interrupted (not failed) and the jobs that never started as not started, and is written even
 though W&B has shut down by the time the report is logged."""
 
@@ -15,7 +15,8 @@ from omegaconf import open_dict, read_write
 
 from resvae.run.config import config_dir, run_leaf
 from resvae.sweep import callbacks as hydra_callbacks
-from resvae.sweep.callbacks import finish_sweep, format_sweep_report, sweep_jobs
+from resvae.sweep.callbacks import finish_sweep
+from resvae.sweep.jobs import SweepJob, format_sweep_report, sweep_jobs
 from tests.conftest import TINY, run_dirs
 from tests.test_sweeps import finish, read_status, start, summary, sweep_folders, wait_for
 
@@ -59,7 +60,7 @@ def test_report_tells_interrupted_and_not_started_from_failed(tmp_path: Path) ->
     job(sweep / "a", "finished", depth=28)
     job(sweep / "b", "interrupted", error="SystemExit: 143")
     job(sweep / "c", "failed", error="RuntimeError: boom")
-    jobs = [hydra_callbacks.SweepJob((f"x={n}",), sweep / n) for n in "abcd"]
+    jobs = [SweepJob((f"x={n}",), sweep / n) for n in "abcd"]
     text, not_done = format_sweep_report(sweep, jobs=jobs)
     assert text.startswith(f"sweep {sweep}: 4 job(s)\n")
     assert "\n  d                                        not started" in text

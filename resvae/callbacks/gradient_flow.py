@@ -26,7 +26,8 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
 
-from resvae.cli.analyze import GRADIENT_FIELDS, gradient_profile, write_gradients
+from resvae.cli.analyze.gradients import write_gradients
+from resvae.models.gradients import GRADIENT_FIELDS, gradient_profile
 
 FOLDER = "gradient_flow"
 NUMBERS = ("index", "param_grad_norm", "param_norm", "out_grad_norm")

@@ -58,14 +58,12 @@ class SampleGrids(L.Callback):
             return
         root = Path(self.dirpath or trainer.default_root_dir)
         nrow = 8
-        noise = self._noise.to(pl_module.device)
-        samples = torch.cat(
-            [pl_module.decode(pl_module.latent_from_noise(noise, t)) for t in self.temperatures]
-        )
+        noise, model = self._noise.to(pl_module.device), pl_module.inference
+        samples = torch.cat([model.decode(model.latent_from_noise(noise, t)) for t in self.temperatures])
         written = {"samples": save_grid(samples, root / "samples" / f"epoch_{epoch:03d}.png", nrow)}
         images = self._fixed_images(trainer)
         if images is not None:
-            recon = pl_module.reconstruct(images)
+            recon = model.reconstruct(images)
             pairs = torch.stack([images.float().cpu() / 255, recon.cpu()], dim=1).flatten(0, 1)
             written["recon"] = save_grid(pairs, root / "recon" / f"epoch_{epoch:03d}.png", nrow * 2)
         for logger in trainer.loggers:

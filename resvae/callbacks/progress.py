@@ -7,6 +7,7 @@ on the console (Hydra's job logging), under submitit too.
 from __future__ import annotations
 
 import logging
+import math
 import time
 
 import lightning as L
@@ -37,6 +38,10 @@ class ProgressLines(L.Callback):
         self._pending: int | None = None
         self._seconds = 0.0
         self._epoch_walls: list[float] = []  # the latest epochs' wall time, validation included
+        # validations since val/loss last improved by EarlyStopping's min_delta (counted here from
+        # the logged metric: EarlyStopping keeps its own count in no public attribute)
+        self._best = math.inf
+        self._checks_without_improvement = 0
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._fit_start = self._epoch_start = time.perf_counter()  # a resumed epoch has no start
@@ -58,6 +63,17 @@ class ProgressLines(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._emit(trainer)
 
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        loss = trainer.callback_metrics.get(keys.VAL_LOSS)
+        if trainer.sanity_checking or loss is None:
+            return
+        stopper = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
+        min_delta = abs(stopper.min_delta) if stopper is not None else 0.0
+        if float(loss) < self._best - min_delta:
+            self._best, self._checks_without_improvement = float(loss), 0
+        else:
+            self._checks_without_improvement += 1
+
     def _emit(self, trainer: L.Trainer) -> None:
         if self._pending is None or not trainer.is_global_zero:
             return
@@ -77,8 +93,8 @@ class ProgressLines(L.Callback):
         epoch = sum(self._epoch_walls) / len(self._epoch_walls)
         eta = [f"eta {minutes(left * epoch)}"]
         stopper = next((c for c in trainer.callbacks if isinstance(c, EarlyStopping)), None)
-        if stopper is not None:
-            checks_left = max(stopper.patience - stopper.wait_count, 0)
+        if stopper is not None and stopper.monitor == keys.VAL_LOSS:
+            checks_left = max(stopper.patience - self._checks_without_improvement, 0)
             stop = min(left, checks_left * (trainer.check_val_every_n_epoch or 1))
             if stop < left:
                 eta.append(f"({minutes(stop * epoch)} if val/loss does not improve)")

@@ -23,7 +23,7 @@ def nonnegative_int(text: str) -> int:
 
 
 def add_run_options(p: argparse.ArgumentParser) -> None:
-    """--device, --data-root and --config, read by resvae.cli.evaluate.pick_device and run_config."""
+    """--device, --data-root and --config, read by resvae.cli.targets.pick_device and run_config."""
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
     p.add_argument(
         "--data-root",

@@ -19,9 +19,19 @@ why `check_fingerprint` compares the images found with the ones the run was trai
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from resvae.data import DatasetError
+from resvae.run.errors import one_line
+from resvae.run.layout import run_folder
+
+SPLITS = ("test", "val", "train")
 
 ENV = "RESVAE_DATA"
 DEFAULT = "data"  # conf/data/cifar10.yaml: root: ${oc.env:RESVAE_DATA,data}
@@ -39,19 +49,6 @@ class DataRoot:
     def line(self) -> str:
         """What the tools print, e.g. `data: /x (from the run's .hydra/config.yaml)`."""
         return f"data: {self.path} ({self.why})"
-
-
-def run_folder(path: Path | None) -> Path | None:
-    """The run folder of a checkpoint or run folder: RUN/checkpoints/x.ckpt -> RUN; a folder with
-    checkpoints/ or .hydra/ is one; any other checkpoint's folder if it holds .hydra/, else None."""
-    if path is None:
-        return None
-    path = Path(path)
-    if path.is_dir():
-        return path if (path / "checkpoints").is_dir() or (path / ".hydra").is_dir() else None
-    if path.parent.name == "checkpoints":
-        return path.parent.parent
-    return path.parent if (path.parent / ".hydra").is_dir() else None
 
 
 def default_root() -> DataRoot:
@@ -174,3 +171,74 @@ def check_fingerprint(module: Any, checkpoint_info: dict[str, Any]) -> str | Non
 
 def _absolute(path: Path) -> Path:
     return path if path.is_absolute() else Path.cwd() / path
+
+
+@dataclass
+class SplitImages:
+    images: torch.Tensor  # uint8 [N, C, H, W] on the CPU
+    held_out: bool
+    note: str | None  # why the split is not held out
+    val_source: str | None
+    data_line: str = ""  # where the images come from and why (resvae.cli.data_root.describe)
+    warning: str | None = None  # they are not the images the run was trained on
+
+
+def load_split(
+    cfg: DictConfig,
+    split: str,
+    root: DataRoot | None = None,
+    checkpoint_info: dict[str, Any] | None = None,
+) -> SplitImages:
+    """The images of `split` as the run's `data` config defines them (same sizes, same
+    validation hold-out, same seed), read from `root` (resvae.cli.data_root.resolve_data_root; None:
+    the config's own data.root). Never downloads: missing data is a DatasetError. With the
+    checkpoint's resvae entry, images other than the run's give a warning (SplitImages.warning)."""
+    from hydra.utils import instantiate
+
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+    if "data" not in cfg or not isinstance(cfg.data, DictConfig):
+        raise ValueError("the run config has no data node")
+    data: dict[str, Any] = OmegaConf.to_container(cfg.data, resolve=True)  # type: ignore[assignment]
+    target = str(data.get("_target_", ""))
+    if not target.startswith("resvae.data."):
+        raise ValueError(
+            f"the run's data config targets {target or 'nothing'!r}, not one of resvae's data modules "
+            "(resvae.data.*): refusing to import it"
+        )
+    if root is None:
+        root = DataRoot(Path(str(data.get("root", "."))), "run", "from the run's config")
+    elif root.source == "option" and not reads_files(data):
+        print(f"note: --data-root ignored: the run's data ({target}) reads no files", file=sys.stderr)
+    data = with_root(data, root)
+    module = instantiate(data)
+    try:
+        warning = check_fingerprint(module, checkpoint_info or {})  # reads the images
+        module.setup()
+    except DatasetError as err:
+        raise DatasetError(f"{one_line(err)} (data.root {root.why}; pass --data-root DIR)") from err
+    val_source = data.get("val_source")
+    if split == "test" and val_source != "test":
+        held_out, note = True, None
+    elif split == "test":
+        held_out = False
+        note = (
+            "data.val_source=test: the run validated on the test split (it chose best.ckpt and "
+            "stopped training)"
+        )
+    elif split == "val":
+        held_out = False
+        note = "the validation split chose best.ckpt and stopped training" + (
+            " (data.val_source=test: it is the test split)" if val_source == "test" else ""
+        )
+    else:
+        held_out, note = False, "the training split fitted the weights"
+    return SplitImages(module.splits[split].cpu(), held_out, note, val_source, describe(data, root), warning)
+
+
+def report_data(data: SplitImages, prefix: str = "") -> None:
+    """The tools' line on stderr saying where the images came from (stdout keeps the results),
+    and the warning when they are not the run's."""
+    print(f"{prefix}{data.data_line}", file=sys.stderr, flush=True)
+    if data.warning:
+        print(f"{prefix}{data.warning}", file=sys.stderr, flush=True)

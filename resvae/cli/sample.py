@@ -34,21 +34,16 @@ import torch
 
 from resvae.callbacks.grids import save_grid
 from resvae.cli.args import add_run_options, nonnegative_int, positive_int
-from resvae.cli.data_root import resolve_data_root
-from resvae.cli.evaluate import (
+from resvae.cli.data_root import SPLITS, load_split, report_data, resolve_data_root
+from resvae.cli.scores import EvaluationError, nonfinite_weights
+from resvae.cli.targets import (
     INPUT_ERRORS,
-    SPLITS,
-    EvaluationError,
     Target,
     deterministic_kernels,
-    load_split,
-    nonfinite_weights,
-    pick_device,
-    report_data,
+    open_targets,
     run_config,
-    targets_of,
 )
-from resvae.models.base import LatentModel
+from resvae.models.inference import Inference
 from resvae.run.checkpoints import CHECKPOINT_TAG, read_checkpoint
 from resvae.run.errors import one_line
 
@@ -67,7 +62,7 @@ def temperature_name(t: float) -> str:
 
 
 def prior_grids(
-    model: LatentModel, out: Path, temperatures: Sequence[float], n: int, nrow: int, seed: int
+    model: Inference, out: Path, temperatures: Sequence[float], n: int, nrow: int, seed: int
 ) -> list[Path]:
     written = []
     for t in temperatures:
@@ -77,7 +72,7 @@ def prior_grids(
 
 
 def reconstruction_grid(
-    model: LatentModel, images: torch.Tensor, out: Path, n: int, nrow: int, seed: int
+    model: Inference, images: torch.Tensor, out: Path, n: int, nrow: int, seed: int
 ) -> Path:
     """Originals (uint8 [N, C, H, W]) above their reconstructions, in bands of `nrow`."""
     order = torch.randperm(images.shape[0], generator=generator(seed, RECON))[:n]
@@ -93,7 +88,7 @@ def reconstruction_grid(
 
 
 def interpolation_grid(
-    model: LatentModel, images: torch.Tensor, out: Path, pairs: int, steps: int, seed: int
+    model: Inference, images: torch.Tensor, out: Path, pairs: int, steps: int, seed: int
 ) -> Path:
     """One row per pair (a, b): a, `steps` decodings of the latent line from z_a to z_b, b."""
     n = images.shape[0]
@@ -133,11 +128,12 @@ def sample_target(target: Target, args: argparse.Namespace, device: torch.device
         report_data(data)
         images = data.images
         model.check_data_shape(SimpleNamespace(image_shape=tuple(images.shape[1:])))
-    written = prior_grids(model, out, args.temperatures, args.n, args.nrow, args.seed)
+    inference = model.inference
+    written = prior_grids(inference, out, args.temperatures, args.n, args.nrow, args.seed)
     if images is not None and args.n_recon:
-        written.append(reconstruction_grid(model, images, out, args.n_recon, args.nrow, args.seed))
+        written.append(reconstruction_grid(inference, images, out, args.n_recon, args.nrow, args.seed))
     if images is not None and args.interpolations:
-        written.append(interpolation_grid(model, images, out, args.interpolations, args.steps, args.seed))
+        written.append(interpolation_grid(inference, images, out, args.interpolations, args.steps, args.seed))
     return written
 
 
@@ -170,10 +166,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        device = pick_device(args.device)
-        targets, sweep = targets_of(args.path)
-        if sweep:
-            raise ValueError(f"{args.path} is a sweep folder: pass one run folder or checkpoint")
+        device, targets, _ = open_targets(args.path, args.device, one_run=True)
         deterministic_kernels()
         written = sample_target(targets[0], args, device)
     except INPUT_ERRORS as err:

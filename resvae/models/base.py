@@ -9,8 +9,7 @@ counters stay on the device and are read once per epoch, and once every
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -22,6 +21,8 @@ from resvae import metrics as keys
 from resvae.models.capture import capture_step
 from resvae.models.compiled import AUTO, COMPILE_MODES, CUDA_GRAPH_MODES, CompiledOrEager, resolve_mode
 from resvae.models.diagnostics import PosteriorStats
+from resvae.models.evaluation import evaluate_batch
+from resvae.models.inference import Inference
 from resvae.models.likelihoods import bits_per_dim
 from resvae.models.objectives import LatentObjective
 from resvae.models.step import DeviceMeans, TrainStep
@@ -164,48 +165,14 @@ class LatentModel(L.LightningModule):
         return self.device.type == "cuda" if setting is None else bool(setting)
 
     # ----------------------------------------------------------------- inference
-    @contextmanager
-    def inference(self) -> Iterator[None]:
-        """Eval mode and no grad for the public inference methods, the caller's mode restored:
-        BatchNorm must use its running statistics, not those of the batch being decoded."""
-        was_training = self.training
-        self.eval()
-        try:
-            with torch.no_grad():
-                yield
-        finally:
-            self.train(was_training)
+    @property
+    def inference(self) -> Inference:
+        """Sampling, reconstructions, the ELBO of images: the model's public inference API."""
+        return Inference(self.objective, self.bpd_is_likelihood, self.channels_last)
 
     def to_input(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 [0, 255] or float [0, 1] images -> float [-1, 1] on the model's device."""
         return self.objective.to_input(images.to(self.device), self.channels_last)
-
-    def encode(self, images: torch.Tensor) -> torch.Tensor:
-        """Images -> the latent that represents them (posterior mean, or the AE's code)."""
-        with self.inference():
-            return self.objective.encode_mean(self.to_input(images))
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents -> images in [0, 1] (the likelihood's point estimate)."""
-        with self.inference():
-            return self.objective.decode_images(z.to(self.device))
-
-    def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
-        return self.decode(self.encode(images))
-
-    def latent_from_noise(self, eps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        return self.objective.latent_from_noise(eps.to(self.device), temperature)
-
-    def sample(
-        self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
-    ) -> torch.Tensor:
-        """`n` images in [0, 1] decoded from the prior at `temperature` (its std multiplier)."""
-        if n < 1:
-            raise ValueError(f"number of samples must be >= 1, got {n}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
-        eps = torch.randn((n, *self.latent_shape), generator=generator)
-        return self.decode(self.latent_from_noise(eps, temperature))
 
     # ----------------------------------------------------------------- training
     def configure_optimizers(self) -> Any:
@@ -313,13 +280,12 @@ class LatentModel(L.LightningModule):
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         x = self.to_input(batch)
-        values, recon, mu, logvar = self.eval_fn(x)
-        self.val_means.add(values, x.shape[0])
-        if mu is not None and logvar is not None:
-            self.val_posterior.update(mu, logvar)
-        target = (x.float() + 1) / 2
-        self.val_psnr.update(recon, target)
-        self.val_ssim.update(recon, target)
+        scored = evaluate_batch(self.objective, x, scores=self.eval_fn)
+        self.val_means.add(scored.means(self.objective.metric_names), x.shape[0])
+        if scored.mu is not None and scored.logvar is not None:
+            self.val_posterior.update(scored.mu, scored.logvar)
+        self.val_psnr.update(scored.reconstruction, scored.target)  # one MSE over the whole split
+        self.val_ssim.update(scored.reconstruction, scored.target)
 
     def on_validation_epoch_end(self) -> None:
         means = self.val_means.compute()
@@ -340,10 +306,8 @@ class LatentModel(L.LightningModule):
 
     def test_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         x = self.to_input(batch)
-        terms = self.objective(x)
-        iw = self.objective.nll_iw(x, self.iw_samples)
-        values = torch.cat([self.objective.metric_values(terms), iw.float().mean().view(1)])
-        self.test_means.add(values, x.shape[0])
+        scored = evaluate_batch(self.objective, x, self.iw_samples)
+        self.test_means.add(scored.means(self.test_means.names), x.shape[0])
 
     def on_test_epoch_end(self) -> None:
         means = self.test_means.compute()
@@ -366,10 +330,6 @@ class LatentModel(L.LightningModule):
                 "valid_bpd": self.bpd_is_likelihood,
             }
         )
-        # torch.compile wraps modules as `_orig_mod`: save the plain names so an uncompiled
-        # model loads the checkpoint.
-        state = checkpoint.get("state_dict", {})
-        checkpoint["state_dict"] = {k.replace("._orig_mod", ""): v for k, v in state.items()}
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if CHECKPOINT_TAG not in checkpoint:

@@ -87,11 +87,12 @@ class LatentObjective(nn.Module):
     def evaluate(
         self, x: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """What validation reads from a batch, as plain tensors (so it can be compiled):
-        (metric_values, reconstruction in [0, 1], posterior mean, posterior log-variance)."""
+        """The compilable half of evaluating a batch (models/evaluation.py), plain tensors:
+        (per-image `metric_names` values [B, M], the posterior mean's reconstruction in [0, 1],
+        posterior mean, posterior log-variance)."""
         terms = self(x)
-        point = (self.likelihood.point(terms.params) + 1) / 2
-        return self.metric_values(terms), point, terms.mu, terms.logvar
+        values = torch.stack([getattr(terms, name).float() for name in self.metric_names], dim=1)
+        return values, self.decode_images(self.encode_mean(x)), terms.mu, terms.logvar
 
     def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
         """x -> the latent that represents it (posterior mean, or the code)."""

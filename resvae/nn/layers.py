@@ -2,12 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from torch import nn
-
-NormName = Literal["batch", "group", "none"]
-ActName = Literal["relu", "silu", "gelu"]
 
 NORMS: tuple[str, ...] = ("batch", "group", "none")
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "silu": nn.SiLU, "gelu": nn.GELU}

@@ -27,7 +27,7 @@ import torch
 from torch import nn
 
 from resvae.nn.layers import ACTIVATIONS, make_act
-from resvae.nn.plan import DepthError
+from resvae.nn.plan import DepthError, check_blocks_match
 from resvae.nn.residual import HE2016_GATE_BIAS, Residual
 
 MLP_MERGES = ("sum", "gated", "none")
@@ -44,12 +44,8 @@ def _mlp_blocks(depth: int | None, blocks: int | None, block_layers: int) -> int
     if blocks is not None:
         if isinstance(blocks, bool) or not isinstance(blocks, int) or blocks < 1:
             raise DepthError(f"model.arch.blocks must be a positive integer for the MLP, got {blocks!r}")
-        if depth is not None and depth != _mlp_depth(blocks, block_layers):
-            have = _mlp_depth(blocks, block_layers)
-            raise DepthError(
-                f"model.arch.blocks={blocks} has depth {have} with {block_layers} linear layer(s) per "
-                f"block but model.arch.depth={depth}; set model.arch.depth={have} or model.arch.depth=null"
-            )
+        have = _mlp_depth(blocks, block_layers)
+        check_blocks_match(depth, have, str(blocks), f"{block_layers} linear layer(s) per block")
         return blocks
     if depth is None:
         raise DepthError("set model.arch.depth or model.arch.blocks")

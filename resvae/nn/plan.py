@@ -28,7 +28,6 @@ from collections.abc import Sequence
 STAGES = 4
 STAGE_WEIGHTS = (3, 4, 6, 3)
 LAYERS_PER_BLOCK = {"bottleneck": 3, "basic": 2}  # weighted layers of one block's branch
-MIN_DEPTH = 6 * STAGES + 4  # one bottleneck block per stage (min_depth("basic") is 20)
 REFERENCE_PLANS: dict[int, tuple[int, int, int, int]] = {  # bottleneck blocks
     28: (1, 1, 1, 1),
     40: (1, 2, 2, 1),
@@ -110,10 +109,14 @@ def resolve_blocks(
         raise DepthError(
             f"model.arch.blocks must list {STAGES} positive block counts (one per stage), got {list(blocks)}"
         )
-    if depth is not None and depth != depth_of(plan, block):
-        have = depth_of(plan, block)
-        raise DepthError(
-            f"model.arch.blocks={list(plan)} has depth {have} with {block} blocks but "
-            f"model.arch.depth={depth}; set model.arch.depth={have} or model.arch.depth=null"
-        )
+    check_blocks_match(depth, depth_of(plan, block), f"{list(plan)}", f"{block} blocks")
     return plan
+
+
+def check_blocks_match(depth: int | None, have: int, blocks: str, per: str) -> None:
+    """model.arch.blocks fixes the depth (`have`); a `depth` also given must be that one."""
+    if depth is not None and depth != have:
+        raise DepthError(
+            f"model.arch.blocks={blocks} has depth {have} with {per} but model.arch.depth={depth}; "
+            f"set model.arch.depth={have} or model.arch.depth=null"
+        )

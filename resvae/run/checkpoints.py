@@ -49,7 +49,7 @@ class BackgroundCheckpointIO(AsyncCheckpointIO):
     """Lightning's AsyncCheckpointIO around an AtomicCheckpointIO: the tensors are copied on the
     training thread (training cannot change them mid-write), the file is written atomically in a
     background thread, and teardown waits for the last write (a SIGTERM'd run saves before it
-    exits). `seconds` adds up the time training waited (the copy), `write_seconds` the writes."""
+    exits). `seconds` adds up the time training waited (the copy)."""
 
     def __init__(self) -> None:
         super().__init__(AtomicCheckpointIO())
@@ -59,10 +59,6 @@ class BackgroundCheckpointIO(AsyncCheckpointIO):
         start = time.perf_counter()
         super().save_checkpoint(*args, **kwargs)
         self.seconds += time.perf_counter() - start
-
-    @property
-    def write_seconds(self) -> float:
-        return self.checkpoint_io.seconds
 
 
 def read_checkpoint(path: str | Path) -> dict[str, Any]:

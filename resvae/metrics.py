@@ -20,6 +20,7 @@ VAL_SSIM = of("val", "ssim")
 VAL_NONFINITE = of("val", "nonfinite_batches")
 VAL_ACTIVE_UNITS = of("val", "active_units")  # Burda et al.: Cov_x(E_q[z_d]) > 0.01
 VAL_KL_PER_DIM = of("val", "kl_per_dim")  # a histogram (W&B), not a scalar
+VAL_KL_PER_GROUP = of("val", "kl_per_group")  # a histogram (W&B): one bin per latent group of an hvae
 TEST_BPD = of("test", "bpd")
 TEST_BPD_IW = of("test", "bpd_iw")
 TEST_NLL_IW = of("test", "nll_iw")

@@ -36,7 +36,7 @@ BAD_COMMAND_LINES = [
     (["tset=false"], "did you mean test?"),
     (["model.arch.dept=28"], "did you mean model.arch.depth?"),
     (["model.lr=1e-3"], "did you mean model.optimizer.lr?"),
-    (["model=vaee"], "model=vaee: no such option; choose one of ae, keras2018"),
+    (["model=vaee"], "model=vaee: no such option; choose one of ae, hvae, keras2018"),
     (["experiment=nonexistent"], "experiment=nonexistent: no such option; choose one of degradation"),
     (["trainer=tpu"], "trainer=tpu: no such option; choose one of cpu, ddp, default, gpu"),
     (["model.optimizer.lr=abc"], "model.optimizer.lr=abc: expected a number"),

@@ -32,6 +32,7 @@ REQUIRED = (
     "checkpoint", "checkpoint_sha256", "split", "held_out", "n_images", "iw_samples", "seed", "device",
     "elbo_nats", "elbo_nats_se", "bpd", "bpd_se", "nll_iw_nats", "nll_iw_se", "bpd_iw", "bpd_iw_se",
     "recon_nats", "kl_nats", "psnr", "ssim", "active_units", "latent_dim", "kl_per_dim", "bpd_refused",
+    "fid", "fid_samples", "fid_real_images", "fid_feature",
 )  # fmt: skip
 VARYING = ("seconds", "evaluated_at", "eval_json")  # what may differ between two evaluations
 
@@ -142,11 +143,48 @@ def test_eval_json_has_every_field(runs: dict[str, Path], vae_eval) -> None:
     for key in ("elbo_nats_se", "bpd_se", "nll_iw_se", "bpd_iw_se", "psnr", "ssim"):
         assert isinstance(result[key], float) and math.isfinite(result[key]), key
     assert 0 < result["bpd_se"] < 0.1 and -1 <= result["ssim"] <= 1
+    assert all(result[key] is None for key in evaluate.FID_FIELDS)  # no --fid
     # the one printed line
     lines = printed.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"{runs['vae']}: test bpd {result['bpd']:.3f} ± ")
     assert "(ELBO)" in lines[0] and "(IW, K=50)" in lines[0] and "active units" in lines[0]
     assert f"{result['active_units']}/16" in lines[0] and "not held out" not in lines[0]
+    assert "FID" not in lines[0]
+
+
+def test_fid_of_prior_samples_against_the_split(
+    runs: dict[str, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    """--fid N: N samples against the split's images (all 32 of them here), with a small feature
+    module in place of the Inception network (whose weights these tests never download)."""
+    from resvae.cli import fid
+    from tests.test_fid import SmallFeatures
+
+    monkeypatch.setattr(fid, "inception_weights", lambda: pytest.fail("asked for the Inception weights"))
+    monkeypatch.setattr(fid, "inception_metric", lambda shape, dims: fid.fid_metric(SmallFeatures(), shape))
+    with pytest.raises(pytest.fail.Exception, match="asked for the Inception weights"):
+        evaluate.main([str(runs["vae"]), "--fid", "40", "--device", "cpu", "--out", str(tmp_path / "x.json")])
+    monkeypatch.setattr(fid, "inception_weights", lambda: tmp_path / "weights.pth")
+    args = [str(runs["vae"]), "--iw-samples", "0", "--device", "cpu", "--fid", "40", "--batch-size", "16"]
+    assert evaluate.main([*args, "--out", str(tmp_path / "fid.json")]) == 0
+    result = json.loads((tmp_path / "fid.json").read_text())
+    assert set(REQUIRED) <= set(result)
+    assert (result["fid_samples"], result["fid_real_images"], result["fid_feature"]) == (
+        40,
+        32,
+        "SmallFeatures/8",
+    )
+    assert math.isfinite(result["fid"]) and result["fid"] > 0
+    line = capsys.readouterr().out.strip()
+    assert line.endswith(f", FID {result['fid']:.2f} (40 samples vs 32 test images)")
+    # the seed draws the samples: the same seed the same FID, another seed another
+    assert evaluate.main([*args, "--out", str(tmp_path / "again.json"), "--fid", "20", "--seed", "0"]) == 0
+    assert evaluate.main([*args, "--out", str(tmp_path / "other.json"), "--fid", "20", "--seed", "1"]) == 0
+    again, other = (json.loads((tmp_path / f"{n}.json").read_text()) for n in ("again", "other"))
+    assert (again["fid_samples"], again["fid_real_images"]) == (20, 20)
+    assert again["fid"] != other["fid"]
+    assert evaluate.main([*args, "--out", str(tmp_path / "same.json"), "--fid", "20", "--seed", "0"]) == 0
+    assert json.loads((tmp_path / "same.json").read_text())["fid"] == again["fid"]
 
 
 def test_same_seed_same_numbers_in_two_processes(runs: dict[str, Path], tmp_path: Path) -> None:
@@ -250,7 +288,8 @@ def test_sweep_evaluates_the_good_runs_and_exits_1(runs: dict[str, Path], tmp_pa
         f"{good}: data: generated images (SyntheticDataModule, from the run's config: it reads no files)"
         in lines
     )
-    errors = [line for line in lines if ": data: " not in line]
+    # less the data lines and the progress lines (one per quarter of the batches, off a terminal)
+    errors = [line for line in lines if ": data: " not in line and not line.startswith(f"{good}: batch ")]
     assert "Traceback" not in captured.err and len(errors) == 3, captured.err
     assert (
         errors[0].startswith(f"resvae-eval: error: {broken}: checkpoint ") and "cannot be read" in errors[0]

@@ -195,3 +195,20 @@ def test_identity_mappings_multirun_writes_its_comparison(run_train, tmp_path: P
     assert (sweep / "report.md").is_file() and "identity_mappings:" in proc.stdout
     assert summaries["dropout"]["shortcut_dropout"] == 0.5 and summaries["preact"]["preact"] is True
     assert summaries["dropout"]["layers"] == summaries["dropout"]["depth"] == 28
+
+
+def test_hierarchy_depth_sweep_compares_the_two_vaes_at_each_depth():
+    cfg = compose_train(["experiment=hierarchy_depth_sweep"], hydra_cfg=True)
+    params = cfg.hydra.sweeper.params
+    assert params["model"] == "vae,hvae" and params["model.arch.depth"] == "28,40,70,100"
+    callback = instantiate(cfg.hydra.callbacks.hierarchy)
+    assert (callback.x, callback.series) == ("model.arch.depth", "model._target_")
+    for model_group, network in (("vae", "resnet"), ("hvae", "hvae")):
+        for depth in (28, 100):
+            job = compose_train(
+                ["experiment=hierarchy_depth_sweep", f"model={model_group}", f"model.arch.depth={depth}",
+                 "model.arch.width=4"]
+            )  # fmt: skip
+            model = instantiate(job.model, _convert_="all")
+            assert model.arch.network == network and model.arch.depth == depth == model.arch.layers
+            assert job.data.batch_size == 128 and job.trainer.max_epochs == 300  # the same budget

@@ -697,13 +697,18 @@ def test_ae_code_momentum_validated():
     assert isinstance(tiny(AE, code_momentum=1.0).objective, AEObjective)
 
 
-@pytest.mark.parametrize("temperature", [0, -1])
-def test_sample_rejects_nonpositive_temperature(temperature):
+def test_sample_temperature_zero_is_the_prior_mean_and_negative_is_refused():
     model = spread_vae()
     with pytest.raises(ValueError, match="temperature"):
-        model.inference.sample(4, temperature=temperature)
+        model.inference.sample(4, temperature=-1)
+    with pytest.raises(ValueError, match="one temperature per latent group needs a hierarchical VAE"):
+        model.inference.sample(4, temperature=[1.0, 0.5])
     with pytest.raises(ValueError, match="number of samples"):
         model.inference.sample(0)
+    # T = 0 decodes z = 0, the prior's mean: the same images whatever the noise
+    a = model.inference.sample(3, 0.0, generator=torch.Generator().manual_seed(1))
+    b = model.inference.sample(3, 0.0, generator=torch.Generator().manual_seed(2))
+    assert torch.equal(a, b) and torch.equal(a, model.inference.decode(torch.zeros(3, *model.latent_shape)))
 
 
 # ----------------------------------------------------------------------------- inference API

@@ -16,11 +16,15 @@ from urllib.parse import unquote, urlparse
 import pytest
 from PIL import Image
 
-from resvae.sweep import report
+from resvae.sweep import plots, report
 from resvae.sweep.runs import collect_runs
-from resvae.sweep.tables import CSV_FIELDS
+from resvae.sweep.tables import CSV_FIELDS, table_rows
+from resvae.sweep.varied import parse_value, short_names, varied_params, x_axis
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+BY_DEPTH = ("val_loss_vs_depth", "test_bpd_vs_depth", "train_hours_vs_depth", "images_per_second_vs_depth")
+PLOTS = 1 + len(BY_DEPTH)  # with the validation curves
+VIEWPORT = {"width": 1400, "height": 900}  # the screen the issue's table overflowed
 
 # depth, seed, min_val_loss (in summary.json, or only in metrics.csv), train_seconds, test_bpd
 FINISHED = {
@@ -175,7 +179,8 @@ def test_markdown_table_and_problems(sweep: Path) -> None:
 
 
 def test_plots_are_valid_pngs(sweep: Path) -> None:
-    for stem in ("val_loss_curves", "val_loss_vs_depth", "train_hours_vs_depth"):
+    assert sorted(p.stem for p in (sweep / "report").glob("*.png")) == sorted(["val_loss_curves", *BY_DEPTH])
+    for stem in ("val_loss_curves", *BY_DEPTH):
         path = sweep / "report" / f"{stem}.png"
         assert path.read_bytes()[:8] == PNG_MAGIC, stem
         with Image.open(path) as image:
@@ -198,9 +203,8 @@ def test_html_links_only_existing_relative_files(sweep: Path) -> None:
     parser = Links()
     parser.feed(page)
     files = [u for u in parser.urls if not u.startswith(("#", "data:"))]
-    assert (
-        len(files) == 3 + 2 * len(FINISHED) + 1
-    )  # plots, each finished run's grids, the failed one's samples
+    # the plots, each finished run's grids, the failed one's samples
+    assert len(files) == PLOTS + 2 * len(FINISHED) + 1
     for url in files:
         assert not urlparse(url).scheme and not url.startswith("/"), url
         assert (sweep / unquote(url)).is_file(), url
@@ -247,7 +251,7 @@ def test_wandb_offline_log(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> N
     table = json.loads(tables[0].read_text())
     assert table["columns"] == CSV_FIELDS
     assert len(table["data"]) == len(FINISHED) + 3 + 2  # runs, failed and broken ones, two means
-    assert len(list(run_dir.glob("files/media/images/**/*.png"))) == 3
+    assert len(list(run_dir.glob("files/media/images/**/*.png"))) == PLOTS
 
 
 def chromium() -> str:
@@ -257,9 +261,17 @@ def chromium() -> str:
     return path
 
 
-def open_in_chromium(html: Path) -> tuple[list[str], list[str], list]:
+LAYOUT = """() => ({viewport: innerWidth, scrollWidth: document.documentElement.scrollWidth,
+    wrap: document.querySelector('.table-wrap').getBoundingClientRect().right,
+    headers: Array.from(document.querySelectorAll('table.runs th'), th => [th.className, th.textContent,
+        th.getBoundingClientRect().left, th.getBoundingClientRect().right]),
+    titles: Array.from(document.querySelectorAll('td.run a'), a => a.getAttribute('title'))})"""
+
+
+def open_in_chromium(html: Path, screenshot: Path) -> tuple[list[str], list[str], list, dict]:
     """(console errors and failed requests, the table's first cells, [src, complete, naturalWidth]
-    of every image) of `html` in headless Chromium; skips the test where no browser runs."""
+    of every image, the table's `LAYOUT`) of `html` in headless Chromium at 1,400 x 900 px, and its
+    screenshot in `screenshot`; skips the test where no browser runs."""
     sync_api = pytest.importorskip("playwright.sync_api")
     executable = chromium()
     errors: list[str] = []
@@ -269,7 +281,7 @@ def open_in_chromium(html: Path) -> tuple[list[str], list[str], list]:
         except Exception as e:  # any launch failure means no usable browser here
             pytest.skip(f"Chromium at {executable} does not start: {str(e).splitlines()[0]}")
         try:
-            page = browser.new_page()
+            page = browser.new_page(viewport=VIEWPORT)
             page.on(
                 "console",
                 lambda m: errors.append(f"console {m.type}: {m.text}") if m.type == "error" else None,
@@ -281,13 +293,26 @@ def open_in_chromium(html: Path) -> tuple[list[str], list[str], list]:
             images = page.evaluate(
                 "Array.from(document.images).map(i => [i.getAttribute('src'), i.complete, i.naturalWidth])"
             )
+            layout = page.evaluate(LAYOUT)
+            page.screenshot(path=str(screenshot))
         finally:
             browser.close()
-    return errors, first_cells, images
+    with Image.open(screenshot) as shot:
+        assert shot.size == (VIEWPORT["width"], VIEWPORT["height"])
+    return errors, first_cells, images, layout
 
 
-def test_html_in_headless_chromium(sweep: Path) -> None:
-    errors, first_cells, images = open_in_chromium(sweep / "report.html")
+def assert_fits(layout: dict, visible: list[str]) -> None:
+    """The page is no wider than the viewport, and the header cells of class `visible` are in view."""
+    assert layout["viewport"] == VIEWPORT["width"] and layout["scrollWidth"] <= layout["viewport"], layout
+    seen = {cls: (left, right) for cls, _, left, right in layout["headers"]}
+    for cls in visible:
+        left, right = seen[cls]
+        assert 0 <= left < right <= min(layout["viewport"], layout["wrap"]) + 0.5, (cls, layout)
+
+
+def test_html_in_headless_chromium(sweep: Path, tmp_path: Path) -> None:
+    errors, first_cells, images, layout = open_in_chromium(sweep / "report.html", tmp_path / "depth.png")
     assert errors == []
     runs = [*FINISHED, FAILED, MALFORMED, NO_SUMMARY]
     assert [c for c in first_cells if not c.startswith("depth ")] == runs
@@ -295,5 +320,137 @@ def test_html_in_headless_chromium(sweep: Path) -> None:
         "depth 28 resvae",
         "depth 40 resvae",
     ]
-    assert len(images) == 3 + 2 * len(FINISHED) + 1
+    assert len(images) == PLOTS + 2 * len(FINISHED) + 1
     assert all(complete and width > 0 for _, complete, width in images), images
+    assert_fits(layout, ["run", "depth", "test_bpd", "status"])
+
+
+# ------------------------------------------------------------------ an Optuna search: lr and latent_dim
+# (lr, latent_dim, min val loss, test bits/dim) at depth 28, the last trial failed; folders named as
+# older resvae named a job: by its full overrides, which pushed the table off a 1,400 px screen
+TRIALS = [(1e-4, 64, 130.0, 4.1), (3e-4, 128, 110.0, 3.9), (1e-3, 128, 100.0, 3.7),
+          (3e-3, 256, 104.0, 3.8), (1e-2, 64, 150.0, 4.4)]  # fmt: skip
+LR, LATENT = "model.optimizer.lr", "model.arch.latent_dim"
+VIA_HYDRA = 2  # this trial's overrides only in .hydra/overrides.yaml (no config in its summary.json)
+
+
+def trial_overrides(lr: float, latent: int) -> list[str]:
+    fixed = ["model.arch.depth=28", "data.root=%2Fscratch%2Fdatasets%2Fcifar10", "model.kl_warmup_steps=1000"]
+    return [*fixed, f"{LR}={lr!r}", f"{LATENT}={latent}"]
+
+
+def trial_name(i: int) -> str:
+    return f"hparams_search=vae_lr_latent,trial={i},{','.join(sorted(trial_overrides(*TRIALS[i][:2])))}"
+
+
+def make_lr_sweep(root: Path) -> Path:
+    sweep = root / "multirun"
+    for i, (lr, latent, min_val, bpd) in enumerate(TRIALS):
+        run = sweep / trial_name(i)
+        (run / ".hydra").mkdir(parents=True)
+        model = {"optimizer": {"lr": lr}, "arch": {"depth": 28, "latent_dim": latent}}
+        # network.latent_dim: an interpolated copy, the same column, not another
+        config = {"seed": 0, "data": {"seed": 0}, "model": model, "network": {"latent_dim": latent}}
+        summary = {"status": "finished" if i < len(TRIALS) - 1 else "failed", "network": "resvae",
+                   "depth": 28, "seed": 0, "layers": 28, "params": 1_000_000 * latent, "epochs": 3,
+                   "train_seconds": 1800.0 * (i + 1), "images_per_second": 900.0 + i, "test_bpd": bpd,
+                   "bpd_is_likelihood": True, "config": config}  # fmt: skip
+        summary["overrides"] = trial_overrides(lr, latent)
+        if i == VIA_HYDRA:
+            del summary["config"], summary["overrides"]
+        (run / "summary.json").write_text(json.dumps(summary))
+        (run / ".hydra" / "overrides.yaml").write_text(
+            "".join(f"- {o}\n" for o in trial_overrides(lr, latent))
+        )
+        write_metrics(run / "metrics.csv", [min_val + 8, min_val + 3, min_val])
+    return sweep
+
+
+@pytest.fixture(scope="module")
+def lr_sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    sweep = make_lr_sweep(tmp_path_factory.mktemp("lr_report"))
+    write_grid(sweep / "report" / "val_loss_vs_depth.png", (0, 0, 0))  # an earlier report's: removed
+    report.write_report(sweep)
+    return sweep
+
+
+def test_searched_parameters_are_columns(lr_sweep: Path) -> None:
+    rows = csv_rows(lr_sweep)
+    assert list(rows[0]) == ["kind", "run", "lr", "latent", *CSV_FIELDS[2:]]  # Table 1's columns kept
+    assert [r["run"] for r in rows] == [trial_name(i) for i in range(len(TRIALS))]  # sorted by lr
+    for row, (lr, latent, *_) in zip(rows, TRIALS):  # the VIA_HYDRA trial's from .hydra/overrides.yaml
+        assert (float(row["lr"]), int(row["latent"]), row["depth"]) == (lr, latent, "28")
+    md = (lr_sweep / "report.md").read_text()
+    assert f"lr = `{LR}` (5 values); latent = `{LATENT}` (3 values)" in md
+    header = next(line for line in md.splitlines() if line.startswith("| run |"))
+    assert header.startswith("| run | lr | latent | depth | seed |") and "| 0.0003 | 128 | 28 | 0 |" in md
+    for unit in ("training time (hours)", "min train loss (nats/image)", "min val loss (nats/image)"):
+        assert f"| {unit} |" in header, unit
+    page = (lr_sweep / "report.html").read_text()
+    assert f'<th class="param" title="{LR}">lr</th><th class="param" title="{LATENT}">latent</th>' in page
+
+
+def test_plots_are_against_the_learning_rate(lr_sweep: Path) -> None:
+    stems = sorted(p.stem for p in (lr_sweep / "report").glob("*.png"))  # none vs depth: it is fixed
+    assert stems == sorted(["val_loss_curves", *(s.replace("_depth", "_lr") for s in BY_DEPTH)])
+    runs = collect_runs(lr_sweep)
+    params = varied_params(runs)
+    axis = x_axis(table_rows(runs, params), params)
+    assert (axis.short, axis.log, axis.label) == ("lr", True, f"lr ({LR}), log scale")
+    assert x_axis(table_rows(runs, params[1:]), params[1:]).log is False  # latent: 64 to 256
+
+
+def test_every_plot_axis_has_its_unit(
+    sweep: Path, lr_sweep: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    axes: list = []
+    figure = plots._figure
+    monkeypatch.setattr(
+        plots, "_figure", lambda *a: axes.append(figure(*a)[1]) or (axes[-1].figure, axes[-1])
+    )
+    for folder in (sweep, lr_sweep):
+        runs = collect_runs(folder)
+        params = varied_params(runs)
+        plots.write_plots(runs, table_rows(runs, params), tmp_path / folder.parent.name, params)
+    assert len(axes) == 2 * PLOTS
+    for ax in axes:
+        title, ylabel, xlabel = ax.get_title(), ax.get_ylabel(), ax.get_xlabel()
+        assert any(unit in ylabel for unit in ("(nats/image)", "bits/dim", "(hours)", "(images/s)")), title
+        assert xlabel in ("epoch", "depth", f"lr ({LR}), log scale"), title
+        assert ax.get_xscale() == ("log" if title.endswith("vs lr") else "linear"), title
+
+
+def test_a_categorical_sweep_plots_each_value(tmp_path: Path) -> None:
+    for i, (optimizer, seed) in enumerate([("adam", 0), ("adam", 1), ("sgd", 0)]):
+        (run := tmp_path / f"optimizer={optimizer},seed={seed}").mkdir()
+        summary = {"status": "finished", "depth": 28, "seed": seed, "min_val_loss": 100.0 + i}
+        summary |= {"overrides": [f"optimizer={optimizer}", f"seed={seed}"], "config": {"seed": seed}}
+        (run / "summary.json").write_text(json.dumps(summary))
+    report.write_report(tmp_path)
+    assert [p.name for p in (tmp_path / "report").glob("*.png")] == ["val_loss_by_optimizer.png"]
+    assert list(csv_rows(tmp_path)[0])[:3] == ["kind", "run", "optimizer"]  # seed: a column already
+
+
+def test_varied_keys_and_their_short_names(tmp_path: Path) -> None:
+    assert [parse_value(v) for v in ("1e-4", "128", "'a=b'", "null")] == [1e-4, 128, "a=b", None]
+    keys = ["model.optimizer.lr", "model.arch.latent_dim", "data.seed", "a.width", "b.width"]
+    assert list(short_names(keys, reserved=["seed"]).values()) == ["lr", "latent", *keys[2:]]
+    for depth, latent, seed in [(28, 64, 0), (40, 128, 1)]:  # without overrides: the config's keys,
+        (run := tmp_path / f"run{depth}").mkdir()  # less copies of one and of the depth and seed columns
+        model = {"arch": {"depth": depth, "latent_dim": latent}}
+        config = {"seed": seed, "data": {"seed": seed}, "model": model, "network": {"latent_dim": latent}}
+        summary = {"status": "finished", "depth": depth, "seed": seed, "config": config}
+        (run / "summary.json").write_text(json.dumps(summary))
+    params = varied_params(collect_runs(tmp_path))
+    assert [(p.key, p.short, p.values) for p in params] == [(LATENT, "latent", (64, 128))]
+
+
+def test_lr_sweep_fits_a_1400px_screen_in_headless_chromium(lr_sweep: Path, tmp_path: Path) -> None:
+    shot = Path(os.environ.get("RESVAE_REPORT_SCREENSHOT") or tmp_path / "lr.png")
+    errors, first_cells, _, layout = open_in_chromium(lr_sweep / "report.html", shot)
+    assert errors == []
+    assert_fits(layout, ["run", "param", "test_bpd", "test_bpd_iw", "status"])
+    assert [h[1] for h in layout["headers"]][:4] == ["run", "lr", "latent", "depth"]
+    names = [trial_name(i) for i in range(len(TRIALS))]
+    assert layout["titles"] == names  # each long name shortened, whole in its title
+    assert all(len(cell) < len(name) for cell, name in zip(first_cells, names))

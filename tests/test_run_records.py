@@ -69,7 +69,7 @@ def test_a_diverged_run_never_reports_a_perfect_model(run_train, tmp_path: Path,
         "trainer.max_epochs=3",
         check=False,
     )
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     run_dir = only_run_dir(tmp_path / "outputs")
     summary = summary_of(run_dir)
     assert summary["status"] == "failed"
@@ -115,7 +115,7 @@ def test_an_edited_experiment_is_refused_with_what_differs(run_train, tmp_path: 
 
     (conf / "mine.yaml").write_text(EXPERIMENT.format(lr=0.003))
     proc = run_train(*args, check=False)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "another configuration" in proc.stderr and "model.optimizer.lr: 0.002 -> 0.003" in proc.stderr
     after = {
         p: p.read_bytes()
@@ -170,7 +170,7 @@ def test_a_second_trainer_is_refused_and_a_dead_ones_folder_is_taken_over(run_tr
     try:
         wait_for(lambda: list(tmp_path.glob("outputs/**/summary.json")), first)
         second = run_train(*args, check=False)
-        assert second.returncode != 0 and "Traceback" not in second.stderr
+        assert second.returncode == 2 and "Traceback" not in second.stderr
         assert f"in use by another trainer (pid {first.pid} on host" in second.stderr
     finally:
         first.kill()
@@ -238,7 +238,7 @@ def test_a_checkpoint_that_would_run_code_is_refused(run_train, tmp_path: Path) 
     crafted = tmp_path / "crafted.ckpt"
     torch.save({"resvae": {"model_class": "VAE"}, "state_dict": {}, "payload": RunsCode(marker)}, crafted)
     proc = run_train(*TINY, "logger=none", f"resume='{crafted}'", check=False)
-    assert proc.returncode != 0 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "refused to load" in proc.stderr
     assert not marker.exists()
 

@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from PIL import Image
 
+import resvae
 from resvae.cli import sample
 from resvae.cli.data_root import load_split
 from tests.test_evaluate import one_error_line, run_cli, train_runs
@@ -36,7 +37,14 @@ def tile(png: Path, row: int, col: int) -> torch.Tensor:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("sample-runs")
-    return train_runs(root, {"vae": ["trainer.max_epochs=1"], "ae": ["trainer.max_epochs=1", "model=ae"]})
+    return train_runs(
+        root,
+        {
+            "vae": ["trainer.max_epochs=1"],
+            "ae": ["trainer.max_epochs=1", "model=ae"],
+            "hvae": ["trainer.max_epochs=1", "model=hvae"],
+        },
+    )
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +89,13 @@ def test_grid_geometry_and_layout(
 ) -> None:
     out = tmp_path / "grids"
     assert sample.main([str(runs["vae"]), *SMALL, "--out", str(out)]) == 0
-    written = capsys.readouterr().out.split()
+    printed = capsys.readouterr()
+    written = printed.out.split()
     assert written == [str(out / name) for name in EXPECTED]
+    # not a terminal: a progress line at every quarter of the grids, the last one at 100%
+    progress = [line for line in printed.err.splitlines() if ": grid " in line]
+    total = len(EXPECTED)
+    assert progress and progress[-1].endswith(f"grid {total}/{total} (100%)"), printed.err
     assert sorted(p.name for p in out.iterdir()) == sorted(EXPECTED)  # no temporary files left
     for name, size in EXPECTED.items():
         assert (out / name).read_bytes().startswith(PNG_MAGIC)
@@ -150,4 +163,25 @@ def test_errors_are_one_line(runs: dict[str, Path], tmp_path: Path, capsys) -> N
     assert sample.main([str(sweep)]) == 2
     assert "is a sweep folder" in one_error_line(capsys.readouterr().err, "resvae-sample")
     with pytest.raises(SystemExit):
-        sample.main([str(runs["vae"]), "--temperatures", "0"])
+        sample.main([str(runs["vae"]), "--temperatures", "-1"])
+
+
+def test_hierarchical_vae_per_group_temperatures_and_the_prior_mean(
+    runs: dict[str, Path], tmp_path: Path, capsys
+) -> None:
+    """Temperature 0 decodes the prior's mean: the same grid whatever the seed; one temperature per
+    latent group (top-down) is a grid of its own; a wrong count of groups is one line, exit 2."""
+    model = resvae.load(runs["hvae"], device="cpu")
+    groups = model.objective.num_groups
+    per_group = ",".join(["1"] * (groups - 1) + ["0.5"])
+    base = ["--n", "4", "--n-recon", "0", "--interpolations", "0", "--device", "cpu"]
+    for seed in ("1", "2"):
+        out = tmp_path / seed
+        args = [str(runs["hvae"]), *base, "--temperatures", "0", per_group, "--seed", seed, "--out", str(out)]
+        assert sample.main(args) == 0
+    assert pngs(tmp_path / "1")["samples_T0.png"] == pngs(tmp_path / "2")["samples_T0.png"]
+    name = f"samples_T{per_group}.png"
+    assert pngs(tmp_path / "1")[name] != pngs(tmp_path / "2")[name]  # noise at T > 0 follows the seed
+    capsys.readouterr()
+    assert sample.main([str(runs["hvae"]), *base, "--temperatures", "1,1", "--out", str(tmp_path / "x")]) == 2
+    assert "temperatures given for" in one_error_line(capsys.readouterr().err, "resvae-sample")

@@ -134,3 +134,34 @@ def test_a_run_with_one_nonfinite_batch_ends_as_if_it_never_saw_it(fused) -> Non
             model.eval()
             assert math.isfinite(float(model.objective(model.to_input(batches()[0])).loss.mean()))
     assert_same_state(*states)
+
+
+@pytest.mark.parametrize("fused", list(FUSED.values()), ids=list(FUSED))
+def test_an_update_above_the_skip_threshold_is_skipped_like_a_nonfinite_one(fused) -> None:
+    """train_step.skip_threshold (VDVAE's): a finite step whose gradient norm (before clipping) is
+    above it changes nothing; below it the step applies as without a threshold."""
+    good = [b for i, b in enumerate(batches()) if i != BAD]
+    skipped, changed = {}, {}
+    for threshold in (1e-9, 1e9, None):
+        model = bn_vae(fused)
+        model.step.skip_threshold = math.inf if threshold is None else threshold
+        opt = build_optimizer(model.optimizer_factory, list(model.parameters()))
+        model.step.bind(model.objective.objective_and_metrics, opt, buffers=model.objective.buffers())
+        before = model_state(model, opt)
+        for batch in good:
+            torch.manual_seed(seed_of(batch))
+            model.step(batch)
+        skipped[threshold] = int(model.step.skipped)
+        after = model_state(model, opt)
+        # the step's own counters (skips, means of applied updates) change by design
+        own = [k for k in before if not k.startswith("step.")]
+        changed[threshold] = [k for k in own if not torch.equal(after[k], before[k])]
+        if threshold == 1e-9:
+            assert bn_counts(model) == {0}  # BatchNorm counted no skipped batch either
+    assert skipped == {1e-9: len(good), 1e9: 0, None: 0}
+    assert changed[1e-9] == [] and changed[1e9] and changed[None] == changed[1e9]
+
+
+def test_a_bad_skip_threshold_is_one_line() -> None:
+    with pytest.raises(ValueError, match="skip_threshold must be > 0 or null"):
+        VAE(arch=ArchConfig(depth=28, width=2, latent_dim=4, image_size=8), train_step={"skip_threshold": 0})

@@ -270,7 +270,18 @@ def test_offline_wandb_run_has_the_summary_fields_and_tags(two_sweeps) -> None:
     run_dir = only_run_dir(sweep)
     records = wandb_records(run_dir)
     (run,) = of_type(records, "run")
-    assert list(run.run.tags) == ["x", "y"] and run.run.run_group == "smoke"
+    assert list(run.run.tags)[:2] == ["x", "y"] and run.run.run_group == "smoke"
+    assert {"model=VAE", "depth=28", "sweep=smoke"} <= set(run.run.tags)  # to filter by
+    config = {}
+    for record in [run, *of_type(records, "config")]:
+        items = (
+            record.run.config.update if record.WhichOneof("record_type") == "run" else record.config.update
+        )
+        config.update({item.key: json.loads(item.value_json) for item in items})
+    assert config["model.arch.depth"] == 28 and config["seed"] == 5  # the config once, flattened
+    assert not {"beta", "iw_samples", "train_step", "config"} & config.keys()  # no second copy
+    history = [i.key or "/".join(i.nested_key) for r in of_type(records, "history") for i in r.history.item]
+    assert "test/results/_type" in history  # the test results as a W&B table
     values = wandb_summary(records)
     for key in ("best_val_loss", "min_train_loss", "params", "depth", "test_bpd", "status"):
         assert values.get(key) is not None, key

@@ -53,7 +53,7 @@ class SampleGrids(L.Callback):
         return self._images
 
     def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        epoch = trainer.current_epoch
+        epoch = trainer.current_epoch + 1  # the Nth epoch, counted from 1 as in the log and summary.json
         if trainer.sanity_checking or not trainer.is_global_zero or epoch % self.every_n_epochs:
             return
         root = Path(self.dirpath or trainer.default_root_dir)

@@ -63,6 +63,17 @@ class ProgressLines(L.Callback):
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._emit(trainer)
 
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:  # noqa: ANN001
+        """The test (the IW bound can take minutes): a line at each quarter of its batches."""
+        total = int(sum(trainer.num_test_batches)) if trainer.num_test_batches else 0
+        done = batch_idx + 1
+        if (
+            trainer.is_global_zero
+            and total
+            and (done == total or done * 4 // total != batch_idx * 4 // total)
+        ):
+            log.info("test: batch %d/%d (%d%%)", done, total, 100 * done // total)
+
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         loss = trainer.callback_metrics.get(keys.VAL_LOSS)
         if trainer.sanity_checking or loss is None:

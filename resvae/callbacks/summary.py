@@ -158,7 +158,7 @@ class RunSummary(L.Callback):
             if value is not None and value < self.minima.get(field, math.inf):
                 self.minima[field] = value
                 if key == keys.VAL_LOSS:
-                    self.minima["best_epoch"] = trainer.current_epoch
+                    self.minima["best_epoch"] = trainer.current_epoch + 1  # counted from 1
 
     # ------------------------------------------------------------------ writing
     def _collect(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, Any]:

@@ -1,10 +1,12 @@
-"""argparse pieces shared by the command-line tools that load a run's checkpoint (resvae-eval,
-resvae-sample): number types (a bad number is argparse's usage error, not a traceback) and the
-options that say where the model runs and where its data and config are."""
+"""Pieces shared by the command-line tools that load a run's checkpoint (resvae-eval,
+resvae-sample): number types (a bad number is argparse's usage error, not a traceback), the
+options that say where the model runs and where its data and config are, and progress lines."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -31,3 +33,17 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
         "./data; see resvae/cli/data_root.py)",
     )
     p.add_argument("--config", type=Path, help="the run's config (default: RUN/.hydra/config.yaml)")
+
+
+def progress_printer(label: str, unit: str = "batch") -> Callable[[int, int], None]:
+    """`show(done, total)`: one updating line on a terminal, else a line at every quarter (logs)."""
+    tty = sys.stderr.isatty()
+
+    def show(done: int, total: int) -> None:
+        if tty:
+            end = "\n" if done == total else ""
+            print(f"\r{label}: {unit} {done}/{total}", end=end, file=sys.stderr, flush=True)
+        elif done == total or done * 4 // total != (done - 1) * 4 // total:
+            print(f"{label}: {unit} {done}/{total} ({100 * done // total}%)", file=sys.stderr, flush=True)
+
+    return show

@@ -5,12 +5,15 @@ Usage::
     resvae-eval outputs/smoke/default                        # a run folder: its best.ckpt (else last.ckpt)
     resvae-eval outputs/depth_sweep/multirun                 # a sweep folder: every run folder in it
     resvae-eval path/to/x.ckpt --split val --iw-samples 100 --out x-eval.json
+    resvae-eval RUN --fid 10000 --device cuda               # and the FID of 10000 samples
     python -m resvae.cli.evaluate RUN --device cpu --batch-size 50 --seed 1
 
 Per image, then averaged with the standard error over images (std / sqrt(n)): the negative ELBO
 (nats/image and bits/dim), the importance-weighted NLL bound with K samples, the reconstruction
 PSNR and SSIM of the posterior-mean reconstruction, and for a VAE the posterior diagnostics
-(active units, KL per latent dimension). The numbers are a function of the checkpoint, the split,
+(active units, KL per latent dimension); with `--fid N`, the FID of N prior samples against the
+split's real images (resvae/cli/fid.py: torchmetrics' on the Inception weights, which are
+downloaded once into torch hub's cache). The numbers are a function of the checkpoint, the split,
 K, the batch size and `--seed` (see `batch_seed`); the run's data config (`.hydra/config.yaml`)
 says which images the split holds, read from the data root that resvae/cli/data_root.py picks (as
 resvae-analyze and resvae-sample do; one line on stderr says which and why). What it computes and
@@ -18,7 +21,8 @@ how to read eval.json: docs/evaluate.md.
 
 Exit codes: 0 all evaluated; 1 an evaluation failed (non-finite weights or values), or any run
 of a sweep failed; 2 an error of the input (missing path, no or bad checkpoint, missing data,
-bad option), printed as one line `resvae-eval: error: ...`.
+bad option, the FID's Inception weights neither cached nor downloadable), printed as one line
+`resvae-eval: error: ...`.
 """
 
 from __future__ import annotations
@@ -26,14 +30,14 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import torch
 
-from resvae.cli.args import add_run_options, nonnegative_int, positive_int
+from resvae.cli.args import add_run_options, nonnegative_int, positive_int, progress_printer
 from resvae.cli.data_root import SPLITS, load_split, report_data, resolve_data_root
 from resvae.cli.scores import EvaluationError, bpd_refusal, evaluate_images
 from resvae.cli.targets import (
@@ -50,29 +54,7 @@ from resvae.run.io import atomic_write_json
 
 PROG = "resvae-eval"
 EVAL_FILE = "eval.json"
-
-
-# ---------------------------------------------------------------------------------- what to evaluate
-
-
-# ---------------------------------------------------------------------------------- the run's data
-
-
-# ---------------------------------------------------------------------------------- the numbers
-
-
-# ---------------------------------------------------------------------------------- one checkpoint
-
-
-def _progress(label: str) -> Callable[[int, int], None] | None:
-    if not sys.stderr.isatty():
-        return None
-
-    def show(done: int, total: int) -> None:
-        end = "\n" if done == total else ""
-        print(f"\r{label}: batch {done}/{total}", end=end, file=sys.stderr, flush=True)
-
-    return show
+FID_FIELDS = ("fid", "fid_samples", "fid_real_images", "fid_feature")  # null without --fid
 
 
 def evaluate_target(target: Target, args: argparse.Namespace, device: torch.device) -> dict[str, Any]:
@@ -96,7 +78,7 @@ def evaluate_target(target: Target, args: argparse.Namespace, device: torch.devi
         batch_size=batch_size,
         seed=args.seed,
         split=args.split,
-        progress=_progress(target.label),
+        progress=progress_printer(target.label),
     )
     # said once the numbers exist: a failed evaluation stays one error line (which names the root
     # when the data is missing)
@@ -104,6 +86,18 @@ def evaluate_target(target: Target, args: argparse.Namespace, device: torch.devi
     refused = bpd_refusal(model, info)
     if refused is not None:
         numbers.update(bpd=None, bpd_se=None, bpd_iw=None, bpd_iw_se=None)
+    fid: dict[str, Any] = dict.fromkeys(FID_FIELDS)
+    if args.fid is not None:
+        from resvae.cli.fid import sample_fid
+
+        fid = sample_fid(
+            model.inference,
+            data.images,
+            args.fid,
+            batch_size=batch_size,
+            seed=args.seed,
+            progress=progress_printer(f"{target.label}: FID"),
+        )
     result = {
         "checkpoint": str(checkpoint.resolve()),
         "checkpoint_sha256": sha256_of(checkpoint),
@@ -121,6 +115,7 @@ def evaluate_target(target: Target, args: argparse.Namespace, device: torch.devi
         "device": _device_name(device),
         "bpd_refused": refused,
         **numbers,
+        **fid,
         "seconds": round(time.perf_counter() - started, 3),
         "evaluated_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
@@ -143,7 +138,8 @@ def _pm(value: float | None, se: float | None, fmt: str) -> str:
 
 def summary_line(label: str, r: dict[str, Any]) -> str:
     """One line per checkpoint, e.g. `RUN: test bpd 5.123 ± 0.004 (ELBO), 5.101 ± 0.004 (IW, K=100),
-    PSNR 21.3, SSIM 0.62, active units 31/256`."""
+    PSNR 21.3, SSIM 0.62, active units 31/256` (and `, FID 54.32 (10000 samples vs 10000 test
+    images)` with --fid)."""
     split, k = r["split"], r["iw_samples"]
     if r["bpd_refused"] is None:
         parts = [f"{split} bpd {_pm(r['bpd'], r['bpd_se'], '.3f')} (ELBO)"]
@@ -166,6 +162,9 @@ def summary_line(label: str, r: dict[str, Any]) -> str:
     parts.append(f"SSIM {r['ssim']:.2f}")
     if r["active_units"] is not None:
         parts.append(f"active units {r['active_units']}/{r['latent_dim']}")
+    if r.get("fid") is not None:
+        samples, real = r["fid_samples"], r["fid_real_images"]
+        parts.append(f"FID {r['fid']:.2f} ({samples} samples vs {real} {split} images)")
     line = f"{label}: " + ", ".join(parts)
     if not r["held_out"]:
         line += f" [not held out: {r['held_out_note']}]"
@@ -177,7 +176,7 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Evaluate checkpoints (ELBO and importance-weighted NLL in nats and bits/dim, "
-        "PSNR, SSIM, active units, KL per latent dimension) and write eval.json.",
+        "PSNR, SSIM, active units, KL per latent dimension, optionally FID) and write eval.json.",
     )
     p.add_argument(
         "path", metavar="CKPT", type=Path, help="a checkpoint file, a run folder or a sweep folder"
@@ -189,6 +188,12 @@ def parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--batch-size", type=positive_int, default=None, help="default: 500 on CUDA, 100 on CPU")
     p.add_argument("--seed", type=nonnegative_int, default=0, help="seed of all the randomness (default 0)")
+    p.add_argument(
+        "--fid", type=positive_int, default=None, metavar="N",
+        help="also the FID of N prior samples (temperature 1) against the split's first N images (all "
+        "if it holds fewer); the Inception weights are downloaded on first use into "
+        "$TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints)",
+    )  # fmt: skip
     add_run_options(p)
     p.add_argument("--out", type=Path, help="write the results here (default: RUN/eval.json)")
     return p
@@ -200,6 +205,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         device, targets, sweep = open_targets(args.path, args.device)
         if sweep and args.out is not None:
             raise ValueError(f"--out names one file but {args.path} is a sweep folder of {len(targets)} runs")
+        if args.fid is not None:  # the weights fetched (or refused) before any evaluation starts
+            if args.fid < 2:
+                raise ValueError(f"--fid {args.fid}: FID needs at least 2 samples (a covariance)")
+            from resvae.cli import fid
+
+            fid.inception_weights()
     except INPUT_ERRORS as err:
         print(f"{PROG}: error: {one_line(err)}", file=sys.stderr)
         return 2

@@ -10,6 +10,8 @@ Writes into `--out` (default: RUN/samples_eval/), each PNG atomically:
 
 - `samples_T<t>.png` for each temperature t: `--n` images decoded from the prior (for the AE,
   from its fitted Gaussian of the codes) with the latent noise scaled by t, `--nrow` per row.
+  t = 0 decodes the prior's mean; for a hierarchical VAE t may be one value per latent group in
+  top-down order (`--temperatures 1,1,0.8,0.6`: VDVAE's per-layer temperatures).
   Every temperature decodes the same noise, so the grids differ only by the temperature.
 - `reconstructions.png`: `--n-recon` images of `--split` (chosen at random by the seed) and
   their posterior-mean reconstructions in two-row bands: a row of `--nrow` originals, below it
@@ -18,7 +20,8 @@ Writes into `--out` (default: RUN/samples_eval/), each PNG atomically:
   `--split`; each row is a, then `--steps` decoded latents (1 - s) z_a + s z_b for s evenly
   spaced from 0 to 1 (z: the posterior mean, or the AE's code), then b.
 
-Everything random comes from `--seed` through explicit generators: the same checkpoint, seed and
+A line on stderr says each grid is written (on a terminal one updating line). Everything random
+comes from `--seed` through explicit generators: the same checkpoint, seed and
 options give byte-identical files. Exit codes as resvae-eval's (2: an error of the input).
 """
 
@@ -27,13 +30,14 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 
 import torch
 
 from resvae.callbacks.grids import save_grid
-from resvae.cli.args import add_run_options, nonnegative_int, positive_int
+from resvae.cli.args import add_run_options, nonnegative_int, positive_int, progress_printer
 from resvae.cli.data_root import SPLITS, load_split, report_data, resolve_data_root
 from resvae.cli.scores import EvaluationError, nonfinite_weights
 from resvae.cli.targets import (
@@ -43,7 +47,7 @@ from resvae.cli.targets import (
     open_targets,
     run_config,
 )
-from resvae.models.inference import Inference
+from resvae.models.inference import Inference, Temperature
 from resvae.run.checkpoints import CHECKPOINT_TAG, read_checkpoint
 from resvae.run.errors import one_line
 
@@ -57,18 +61,13 @@ def generator(seed: int, stream: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed * 1_000_003 + stream)
 
 
-def temperature_name(t: float) -> str:
-    return f"samples_T{t:g}.png"
+def temperature_name(t: Temperature) -> str:
+    return f"samples_T{t:g}.png" if isinstance(t, float) else f"samples_T{','.join(f'{v:g}' for v in t)}.png"
 
 
-def prior_grids(
-    model: Inference, out: Path, temperatures: Sequence[float], n: int, nrow: int, seed: int
-) -> list[Path]:
-    written = []
-    for t in temperatures:
-        images = model.sample(n, t, generator=generator(seed, SAMPLES))  # the same noise at each t
-        written.append(save_grid(images, out / temperature_name(t), nrow))
-    return written
+def prior_grid(model: Inference, out: Path, t: Temperature, n: int, nrow: int, seed: int) -> Path:
+    images = model.sample(n, t, generator=generator(seed, SAMPLES))  # the same noise at each t
+    return save_grid(images, out / temperature_name(t), nrow)
 
 
 def reconstruction_grid(
@@ -129,19 +128,26 @@ def sample_target(target: Target, args: argparse.Namespace, device: torch.device
         images = data.images
         model.check_data_shape(SimpleNamespace(image_shape=tuple(images.shape[1:])))
     inference = model.inference
-    written = prior_grids(inference, out, args.temperatures, args.n, args.nrow, args.seed)
+    grids = [partial(prior_grid, inference, out, t, args.n, args.nrow, args.seed) for t in args.temperatures]
     if images is not None and args.n_recon:
-        written.append(reconstruction_grid(inference, images, out, args.n_recon, args.nrow, args.seed))
+        grids.append(partial(reconstruction_grid, inference, images, out, args.n_recon, args.nrow, args.seed))
     if images is not None and args.interpolations:
-        written.append(interpolation_grid(inference, images, out, args.interpolations, args.steps, args.seed))
+        pairs = args.interpolations
+        grids.append(partial(interpolation_grid, inference, images, out, pairs, args.steps, args.seed))
+    show = progress_printer(target.label, unit="grid")
+    written = []
+    for grid in grids:
+        written.append(grid())
+        show(len(written), len(grids))
     return written
 
 
-def _temperature(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"temperatures must be > 0, got {text}")
-    return value
+def _temperature(text: str) -> Temperature:
+    """`0.8`, or per latent group of a hierarchical VAE in top-down order: `1,0.8,0.6`."""
+    values = [float(part) for part in text.split(",")]
+    if not all(v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"temperatures must be >= 0, got {text}")
+    return values[0] if len(values) == 1 else tuple(values)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -151,7 +157,14 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("path", metavar="CKPT", type=Path, help="a checkpoint file or a run folder")
     p.add_argument("--out", type=Path, help=f"output folder (default: RUN/{OUT_DIR}/)")
-    p.add_argument("--temperatures", type=_temperature, nargs="+", default=[1.0, 0.8, 0.6])
+    p.add_argument(
+        "--temperatures",
+        type=_temperature,
+        nargs="+",
+        default=[1.0, 0.8, 0.6],
+        help="prior std multipliers, one grid each (0: the prior mean); for model=hvae a value may "
+        "give one per latent group, top-down: 1,1,0.8,0.6",
+    )
     p.add_argument("--n", type=positive_int, default=64, help="prior samples per temperature (default 64)")
     p.add_argument("--n-recon", type=nonnegative_int, default=32, help="images to reconstruct (0: none)")
     p.add_argument("--interpolations", type=nonnegative_int, default=8, help="image pairs (0: none)")

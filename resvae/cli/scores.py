@@ -15,6 +15,7 @@ import torch
 from resvae.models.base import LatentModel
 from resvae.models.diagnostics import ACTIVE_THRESHOLD, PosteriorStats
 from resvae.models.evaluation import evaluate_batch
+from resvae.models.hvae_objective import ACTIVE_GROUP_NATS, active_groups
 from resvae.models.likelihoods import bits_per_dim
 
 
@@ -166,6 +167,11 @@ def evaluate_images(
         result["active_threshold"] = ACTIVE_THRESHOLD
         result["mu_variance_per_dim"] = [float(v) for v in diag["mu_variance"]]  # type: ignore[union-attr]
         result["kl_per_dim"] = [float(v) for v in diag["kl_per_dim"]]  # type: ignore[union-attr]
+        if hasattr(objective, "group_kl"):  # a hierarchical VAE: KL and activity per latent group
+            per_group = objective.group_kl(diag["kl_per_dim"])
+            result["kl_per_group"] = [float(v) for v in per_group]
+            result["active_groups"] = active_groups(per_group)
+            result["active_group_threshold"] = ACTIVE_GROUP_NATS
     else:
         result.update(active_units=None, active_threshold=None, mu_variance_per_dim=None, kl_per_dim=None)
     return {k: _finite_or_none(v) for k, v in result.items()}

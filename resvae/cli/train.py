@@ -5,172 +5,38 @@
     resvae-train -m model.arch.depth=28,40,70,100     # a depth sweep, one job per depth
     resvae-train experiment=depth_sweep               # the recommended GPU sweep
 
-A run's folder has no timestamp, so the same command finds it again: a rerun or a requeued job
-continues from checkpoints/last.ckpt, and a finished run is not trained twice (resvae/run/folder.py).
+This module stays light (no torch, no Lightning) so that `--help` and `--cfg job` answer at once;
+a job's work is in resvae/cli/training.py.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-import os
-import signal
 import sys
-from pathlib import Path
-from typing import Any
 
 import hydra
-import lightning as L
-from hydra.core.hydra_config import HydraConfig
-from hydra.types import RunMode
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import LearningRateMonitor
-from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.plugins.environments import SLURMEnvironment
-from lightning.pytorch.utilities.exceptions import SIGTERMException
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from resvae.callbacks import RNGState, RunSummary, RunTag
-from resvae.models import NonFiniteTrainingError
-from resvae.run import errors
-from resvae.run.checkpoints import AtomicCheckpointIO, BackgroundCheckpointIO, read_checkpoint
 from resvae.run.config import config_dir, config_problem
-from resvae.run.folder import Run, checkpoint_callbacks, git_commit, hashed_config
-from resvae.run.io import atomic_write
-from resvae.run.loggers import MetricsCSVLogger, finish_wandb, wandb_summary_mirror
-from resvae.run.numerics import set_float32_precision
-from resvae.run.signals import Preempted, Preemption, StopNow
 
-log = logging.getLogger("resvae.cli.train")
-
-
-def make_loggers(cfg: DictConfig, run: Run) -> list[Any]:
-    loggers = []
-    for node in (cfg.get("logger") or {}).values():
-        factory = instantiate(node, _partial_=True)
-        if not issubclass(factory.func, WandbLogger):
-            loggers.append(factory())
-        elif os.environ.get("WANDB_MODE", "").lower() != "disabled":
-            wandb_logger = factory(
-                id=run.wandb_id(), resume="allow", name=node.get("name") or run.folder.name
-            )
-            wandb_logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True)})
-            loggers.append(wandb_logger)
-    return loggers
-
-
-def run_callbacks(cfg: DictConfig, run: Run, loggers: list[Any]) -> list[Any]:
-    """What the run folder's contract needs besides the configured callbacks."""
-    csv = [lg for lg in loggers if isinstance(lg, MetricsCSVLogger)]  # also a callback: rows in checkpoints
-    if run.todo == "test" and csv and run.last_checkpoint.is_file():  # keep the history it had
-        epochs, step = run.summary.get("epochs", 0), run.summary.get("global_step", 0)
-        csv[0].restore_for_test(read_checkpoint(run.last_checkpoint), epochs, step)
-    provenance = {
-        "name": cfg.name, "protocol": cfg.protocol, "seed": cfg.seed, "run": run.folder.name,
-        "run_dir": str(run.folder), "overrides": list(HydraConfig.get().overrides.task),
-        "git_commit": git_commit(),
-    }  # fmt: skip
-    if run.todo == "train":  # a test-only attempt keeps the training attempt's record
-        provenance["resumed_from"] = str(run.resume_from) if run.resume_from else None
-    summary = RunSummary(run, provenance, mirror=wandb_summary_mirror(loggers))
-    return [*csv, summary, RNGState(), RunTag(run), Preemption(run.last_checkpoint, cfg.run.signals)]
-
-
-def save_config_record(cfg: DictConfig, folder: Path) -> None:
-    """`.hydra/` (config.yaml, hydra.yaml, overrides.yaml) as Hydra writes it, but only once this
-    attempt owns the folder and was not refused (hydra.output_subdir is null for that reason)."""
-    hydra_cfg = HydraConfig.get()
-    files = {
-        "config.yaml": OmegaConf.to_yaml(cfg),
-        "hydra.yaml": OmegaConf.to_yaml(OmegaConf.create({"hydra": OmegaConf.to_container(hydra_cfg)})),
-        "overrides.yaml": OmegaConf.to_yaml(OmegaConf.create(list(hydra_cfg.overrides.task))),
-    }
-    for name, text in files.items():
-        atomic_write(folder / ".hydra" / name, lambda f, text=text: f.write(text.encode()))
-
-
-def train(cfg: DictConfig) -> float | None:
-    callbacks = [instantiate(node) for node in (cfg.get("callbacks") or {}).values()]
-    best, latest = checkpoint_callbacks(callbacks)
-    run = Run(
-        Path(HydraConfig.get().runtime.output_dir), hashed_config(cfg, cfg.run.excludes),
-        last_checkpoint=Path(latest.dirpath) / f"{latest.filename}{latest.FILE_EXTENSION}",
-        resume=str(cfg.resume), test=cfg.test, max_epochs=cfg.trainer.max_epochs,
-    ).open()  # fmt: skip
-    exit_code, preempted = 1, False
-    previous = {sig: signal.getsignal(signal.Signals[sig]) for sig in cfg.run.signals}
-    for sig, handler in previous.items():
-        signal.signal(signal.Signals[sig], StopNow(handler))
-    try:
-        datamodule = instantiate(cfg.data)
-        if hasattr(datamodule, "fingerprint"):  # reads the images; refuses another run's data
-            run.check_data(datamodule.fingerprint)
-        if run.todo == "nothing":
-            log.info(
-                "%s: this run already finished (%s epochs); nothing to do",
-                run.folder,
-                run.summary.get("epochs"),
-            )
-            exit_code = 0
-            return run.result()
-        save_config_record(cfg, run.folder)
-        L.seed_everything(cfg.seed, workers=True)
-        set_float32_precision(cfg.matmul_precision, cfg.get("conv_precision"))  # convolutions too
-        loggers = make_loggers(cfg, run)  # before the model, so that a failing job shows in W&B
-        model = instantiate(cfg.model, _convert_="all")
-        run.check_checkpoint(type(model).__name__, model.shape_signature())
-        if not loggers:  # Lightning refuses a LearningRateMonitor with nothing to log to
-            callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-        plugins: list[Any] = [BackgroundCheckpointIO() if cfg.run.async_checkpoints else AtomicCheckpointIO()]
-        if SLURMEnvironment.detect():  # submitit requeues; Lightning must not requeue as well
-            plugins.append(SLURMEnvironment(auto_requeue=False))
-        trainer: L.Trainer = instantiate(
-            cfg.trainer, callbacks=[*callbacks, *run_callbacks(cfg, run, loggers)], logger=loggers or False,
-            plugins=plugins,
-        )  # fmt: skip
-        if run.todo == "train":
-            trainer.fit(model, datamodule=datamodule, ckpt_path=run.resume_from, weights_only=True)
-            if run.summary.get("status") == "failed":  # diverged: RunSummary says how
-                raise NonFiniteTrainingError(run.summary["error"])
-        if cfg.test and (tested := run.tested_checkpoint(best, cfg.test_weights)) is not None:
-            L.seed_everything(cfg.seed, workers=True)  # the same test numbers in any attempt
-            trainer.test(model, datamodule=datamodule, ckpt_path=tested, weights_only=True)
-        elif cfg.test:
-            log.warning(
-                "no checkpoint to test (test_weights=%s): no epoch had a finite val/loss", cfg.test_weights
-            )
-        exit_code = 0
-    except BaseException as err:
-        preempted = isinstance(err, (Preempted, SIGTERMException, SystemExit))
-        run.fail(err, errors.one_line(err))
-        raise
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(signal.Signals[sig], handler if handler is not None else signal.SIG_DFL)
-        finish_wandb(exit_code, preempted)
-        run.close()
-    return run.result()
+# Hydra's flags that only print (help, the config, shell completion): no check, no run
+PRINTING_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
 
 
 @hydra.main(version_base="1.3", config_path=str(config_dir()), config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    logging.captureWarnings(True)  # warnings go to the run's log file too
-    try:
-        return train(cfg)
-    except errors.USER_ERRORS as err:
-        errors.report(err, "resvae-train", Path(HydraConfig.get().runtime.output_dir))
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            return math.nan  # the sweep goes on; its report lists this job as failed
-        raise SystemExit(2) from None
+    from resvae.cli.training import run_job  # torch and Lightning: only for a job that runs
+
+    return run_job(cfg)
 
 
 def cli() -> None:
     """The console script: a mistyped or renamed config key is one clear line (with the key it
     probably meant) before Hydra starts, rather than Hydra's advice to append it with '+'."""
-    problem = config_problem(sys.argv[1:])
-    if problem:
-        print(f"resvae-train: error: {problem}", file=sys.stderr)
-        raise SystemExit(2)
+    if not any(arg in PRINTING_FLAGS or arg.startswith("--cfg=") for arg in sys.argv[1:]):
+        problem = config_problem(sys.argv[1:])
+        if problem:
+            print(f"resvae-train: error: {problem}", file=sys.stderr)
+            raise SystemExit(2)
     main()
 
 

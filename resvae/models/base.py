@@ -48,6 +48,7 @@ class StepOptions:
     """`model.train_step`: how updates are made (not what is learned)."""
 
     grad_clip: float | None = 200.0  # max gradient norm; null or 0 disables clipping
+    skip_threshold: float | None = None  # skip an update whose gradient norm is above it (VDVAE)
     max_consecutive_skips: int = 50  # stop the run after this many skipped updates in a row
     skip_check_every: int = 100  # steps between the host reads of the skip counter
     compile: str = "none"  # torch.compile mode of the training forward (see compiled.py)
@@ -58,6 +59,10 @@ class StepOptions:
     def __post_init__(self) -> None:
         if self.grad_clip is not None and self.grad_clip < 0:
             raise ValueError(f"model.train_step.grad_clip must be >= 0 or null, got {self.grad_clip}")
+        if self.skip_threshold is not None and not self.skip_threshold > 0:
+            raise ValueError(
+                f"model.train_step.skip_threshold must be > 0 or null, got {self.skip_threshold}"
+            )
         if self.max_consecutive_skips < 1 or self.skip_check_every < 1:
             raise ValueError("model.train_step.max_consecutive_skips and skip_check_every must be >= 1")
         if self.capture not in CAPTURE_MODES:
@@ -102,7 +107,8 @@ class LatentModel(L.LightningModule):
         self.automatic_optimization = False  # the guarded step needs the update in our hands
         # plain values only (they go into checkpoints, which load with weights_only=True);
         # the architecture is kept in the checkpoint's resvae entry instead
-        self.save_hyperparameters(ignore=["objective", "arch", "optimizer", "scheduler"])
+        # logger=False: resvae-train logs the whole config to W&B once (no top-level duplicates)
+        self.save_hyperparameters(ignore=["objective", "arch", "optimizer", "scheduler"], logger=False)
         if iw_samples < 1:
             raise ValueError(f"model.iw_samples must be >= 1, got {iw_samples}")
         if optimizer is not None:  # a bad optimizer setting fails now, not after data loading
@@ -121,7 +127,7 @@ class LatentModel(L.LightningModule):
         self.options = StepOptions(**(train_step or {}))
         self.iw_samples = iw_samples
         names = objective.metric_names
-        self.step = TrainStep(names, self.options.grad_clip)
+        self.step = TrainStep(names, self.options.grad_clip, self.options.skip_threshold)
         self.val_means = DeviceMeans(names)
         self.test_means = DeviceMeans((*names, "nll_iw"))
         self.val_posterior = PosteriorStats()  # active units and KL per latent dimension
@@ -247,7 +253,8 @@ class LatentModel(L.LightningModule):
         n = int(self.step.consecutive)  # this syncs: once every skip_check_every steps
         if n >= self.options.max_consecutive_skips:
             raise NonFiniteTrainingError(
-                f"{n} consecutive updates had a non-finite loss or gradient and were skipped "
+                f"{n} consecutive updates had a non-finite loss or gradient (or one above "
+                "model.train_step.skip_threshold) and were skipped "
                 f"(limit model.train_step.max_consecutive_skips={self.options.max_consecutive_skips}); "
                 "training stopped. The last good checkpoint is kept. Lower model.optimizer.lr, set "
                 "model.train_step.grad_clip, or check the data."

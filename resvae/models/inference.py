@@ -11,13 +11,15 @@ restored afterwards, so the Lightning module it wraps can go on training.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import torch
 
 from resvae.models.likelihoods import bits_per_dim
 from resvae.models.objectives import LatentObjective
+
+Temperature = float | Sequence[float]  # one std multiplier, or one per latent group (hierarchical VAE)
 
 
 class Inference:
@@ -65,18 +67,23 @@ class Inference:
     def reconstruct(self, images: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(images))
 
-    def latent_from_noise(self, eps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
-        """Standard-normal noise of the latent shape -> a latent (prior std times `temperature`)."""
+    def latent_from_noise(self, eps: torch.Tensor, temperature: Temperature = 1.0) -> torch.Tensor:
+        """Standard-normal noise of the latent shape -> a latent (prior std times `temperature`;
+        for a hierarchical VAE one number, or one per latent group in top-down order)."""
         return self.objective.latent_from_noise(eps.to(self.device), temperature)
 
     def sample(
-        self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None
+        self, n: int, temperature: Temperature = 1.0, generator: torch.Generator | None = None
     ) -> torch.Tensor:
-        """`n` images in [0, 1] decoded from the prior at `temperature` (its std multiplier)."""
+        """`n` images in [0, 1] decoded from the prior at `temperature` (its std multiplier; 0: the
+        prior's mean, the same images every time; per group for a hierarchical VAE)."""
         if n < 1:
             raise ValueError(f"number of samples must be >= 1, got {n}")
-        if not temperature > 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        temps = [temperature] if isinstance(temperature, (int, float)) else list(temperature)
+        if not temps or not all(t >= 0 for t in temps):
+            raise ValueError(f"temperatures must be >= 0, got {temperature}")
+        if len(temps) > 1 and not hasattr(self.objective, "num_groups"):
+            raise ValueError(f"one temperature per latent group needs a hierarchical VAE, got {temperature}")
         eps = torch.randn((n, *self.latent_shape), generator=generator)
         return self.decode(self.latent_from_noise(eps, temperature))
 

@@ -99,9 +99,12 @@ class TrainStep(nn.Module):
     `Tensor.backward` by default), so this module stays free of Lightning.
     """
 
-    def __init__(self, metric_names: Sequence[str], grad_clip: float | None = None) -> None:
+    def __init__(
+        self, metric_names: Sequence[str], grad_clip: float | None = None, skip_threshold: float | None = None
+    ) -> None:
         super().__init__()
         self.grad_clip = grad_clip
+        self.skip_threshold = math.inf if skip_threshold is None else skip_threshold
         self.means = DeviceMeans((*metric_names, "grad_norm"), persistent=True)
         self.register_buffer("skipped", torch.zeros((), dtype=torch.long))
         self.register_buffer("consecutive", torch.zeros((), dtype=torch.long))
@@ -164,7 +167,10 @@ class TrainStep(nn.Module):
         self._backward_fn(objective)
         limit = self.grad_clip if self.grad_clip and self.grad_clip > 0 else math.inf
         grad_norm = torch.nn.utils.clip_grad_norm_(self._params, limit)
+        # an update counts only with a finite loss and a gradient norm (before clipping) at most
+        # skip_threshold: VDVAE's guard against the rare huge gradients of a deep hierarchy
         finite = torch.isfinite(grad_norm) & torch.isfinite(objective.detach())
+        finite &= grad_norm <= self.skip_threshold
         for saved, buffer in zip(self._snapshot, self._guarded):  # a skipped step changes no buffer
             torch.where(finite, buffer, saved, out=buffer)  # in place, on the device: no sync
         skipped = (~finite).long()

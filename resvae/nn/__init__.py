@@ -1,6 +1,7 @@
 """Pure-PyTorch residual networks: blocks, the Residual wrapper, encoder, decoder, depth plan."""
 
 from resvae.nn.blocks import BlockOptions, ResidualBlock
+from resvae.nn.hvae import HVAEArchConfig
 from resvae.nn.keras2018 import Keras2018Config, Keras2018Net
 from resvae.nn.mlp import MLPArchConfig
 from resvae.nn.network import (
@@ -15,10 +16,12 @@ from resvae.nn.plan import DepthError, depth_plan, nearest_valid_depths
 from resvae.nn.residual import Residual
 
 # network configs by name: checkpoints name theirs, and loading looks them up here
-ARCHS = {"ArchConfig": ArchConfig, "Keras2018Config": Keras2018Config, "MLPArchConfig": MLPArchConfig}
+ARCHS = {"ArchConfig": ArchConfig, "Keras2018Config": Keras2018Config, "MLPArchConfig": MLPArchConfig,
+         "HVAEArchConfig": HVAEArchConfig}
 
 __all__ = [
     "ARCHS",
+    "HVAEArchConfig",
     "ArchConfig",
     "BlockOptions",
     "DepthError",

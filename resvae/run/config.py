@@ -5,11 +5,12 @@ from __future__ import annotations
 import hashlib
 import netrc
 import os
-from collections.abc import Sequence
+import sys
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
-import torch
 from omegaconf import OmegaConf
 
 
@@ -21,6 +22,8 @@ def config_dir() -> Path:
 
 
 def auto_precision() -> str:
+    import torch  # here, not at the top: resvae-train --help composes configs without torch
+
     if torch.cuda.is_available() and torch.cuda.is_bf16_supported():
         return "bf16-mixed"
     return "32-true"
@@ -94,6 +97,59 @@ def sweep_leaf(
     return os.environ.get(SWEEP_ENV) or run_leaf(overrides, excluded, also_excluded)
 
 
+SWEEP_KEYS_ENV = "RESVAE_SWEEP_KEYS"  # the keys a sweep varies, set by its callback for the jobs
+SHORT_NAMES = {"latent_dim": "latent", "train_size": "images"}  # readable job names (job_leaf)
+
+
+def varied_keys(task_overrides: Sequence[str], sweeper_params: Mapping[str, Any] | None) -> list[str]:
+    """The keys a sweep varies: its command line's sweeps (`model.arch.depth=28,40`) and the
+    sweeper's `params` (an experiment's grid, an Optuna search space), in that order."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    keys = [
+        o.key_or_group
+        for o in OverridesParser.create().parse_overrides(list(task_overrides))
+        if o.is_sweep_override()
+    ]
+    return list(dict.fromkeys([*keys, *(sweeper_params or {})]))
+
+
+def short_names(keys: Sequence[str]) -> dict[str, str]:
+    """Each dotted key by its last part (`model.arch.depth` -> `depth`, latent_dim -> latent), or
+    whole where two keys would read the same (`data.seed` and `seed`)."""
+    last = {key: SHORT_NAMES.get(key.rsplit(".", 1)[-1], key.rsplit(".", 1)[-1]) for key in keys}
+    clash = {name for name in last.values() if list(last.values()).count(name) > 1}
+    return {key: key if name in clash else name for key, name in last.items()}
+
+
+def job_leaf(
+    overrides: Sequence[str],
+    excluded: Sequence[str] = (),
+    also_excluded: Sequence[str] = (),
+    sweep_dir: str | None = None,
+) -> str:
+    """A sweep job's folder: what the sweep varies, `depth=40` or `lr=0.0003,latent=128`, never
+    cut (the full overrides stay in .hydra/, summary.json and W&B). Without a sweep's keys (a job
+    started otherwise), `run_leaf`. A job folder named by a version of resvae before this rule
+    (its full overrides, `run_leaf`) is used where it exists and the new one does not, so a rerun
+    of an older sweep's command still finds its runs."""
+    full = run_leaf(overrides, excluded, also_excluded)
+    swept = [k for k in os.environ.get(SWEEP_KEYS_ENV, "").split(",") if k]
+    skip = [*excluded, "hydra"]
+    swept = [k for k in swept if not any(k == ex or k.startswith(ex + ".") for ex in skip)]
+    values = {o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1] for o in overrides if "=" in o}
+    names = short_names(swept)
+    parts = [f"{names[k]}={values[k]}" for k in swept if k in values]
+    if not parts:
+        return full
+    leaf = ",".join(parts).replace("/", "%2F")
+    if len(leaf) > 2 * MAX_LEAF:  # a folder name must stay under the filesystem's 255 bytes
+        leaf = f"{leaf[: 2 * MAX_LEAF - 11]}~{hashlib.sha1(leaf.encode()).hexdigest()[:10]}"
+    if sweep_dir and not (Path(sweep_dir) / leaf).exists() and (Path(sweep_dir) / full).is_dir():
+        return full
+    return leaf
+
+
 STUDY_PROTOCOL = "keras2018"  # the 2018 study as it ran (experiment=seed_depth_sweep)
 
 
@@ -104,13 +160,20 @@ def study_sampling(protocol: str) -> bool:
     return protocol == STUDY_PROTOCOL
 
 
+def is_terminal() -> bool:
+    """Whether stdout is a terminal (a live progress bar there; plain lines in logs)."""
+    return sys.stdout.isatty()
+
+
 def register_resolvers() -> None:
     for name, fn in (
+        ("is_terminal", is_terminal),
         ("study_sampling", study_sampling),
         ("auto_precision", auto_precision),
         ("wandb_offline", wandb_offline),
         ("run_leaf", run_leaf),
         ("sweep_leaf", sweep_leaf),
+        ("job_leaf", job_leaf),
     ):
         if not OmegaConf.has_resolver(name):
             OmegaConf.register_new_resolver(name, fn)

@@ -13,7 +13,9 @@ from __future__ import annotations
 
 import csv
 import io
+import logging
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -65,6 +67,10 @@ class MetricsCSVLogger(Logger, L.Callback):
     @rank_zero_only
     def log_metrics(self, metrics: Mapping[str, float], step: int | None = None) -> None:
         row = {k: v if isinstance(v, int) else float(v) for k, v in metrics.items()}
+        # the Nth epoch, counted from 1 as everywhere else: Lightning logs its 0-based epoch while
+        # fitting, and after fit (the test) the count of epochs done, i.e. the last epoch's number
+        if "epoch" in row and self._stage != "test":
+            row["epoch"] = int(row["epoch"]) + 1
         if step is not None:
             row["step"] = int(step)
         if self._stage == "test" and self._test_position:
@@ -158,3 +164,21 @@ def finish_wandb(exit_code: int, preempted: bool = False) -> None:
         if preempted:
             wandb.run.mark_preempting()
         wandb.finish(exit_code=exit_code)
+
+
+# Messages a user cannot act on; every other warning stays (and goes to train.log).
+BOILERPLATE_WARNINGS = (
+    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # torch's deprecation, raised inside Lightning
+    r".*is smaller than the logging interval.*",  # short epochs: the per-epoch metrics are logged anyway
+)
+
+
+def quiet_boilerplate() -> None:
+    """Silence Lightning's litlogger advert, the two warnings above and Optuna's database
+    migration lines (alembic)."""
+    for pattern in BOILERPLATE_WARNINGS:
+        warnings.filterwarnings("ignore", message=pattern)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(
+        lambda record: "litlogger" not in record.getMessage()
+    )
+    logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -29,9 +29,9 @@ from typing import Any
 
 from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from resvae.run.config import SWEEP_ENV, run_leaf
+from resvae.run.config import SWEEP_ENV, SWEEP_KEYS_ENV, run_leaf, varied_keys
 from resvae.sweep.jobs import SweepJob, format_sweep_report, sweep_jobs
 from resvae.sweep.optuna_study import OptunaStudy
 from resvae.sweep.report import log_report_to_wandb, write_report
@@ -108,6 +108,9 @@ class SweepReport(Callback):
         os.environ[SWEEP_ENV] = run_leaf(
             config.hydra.overrides.task, config.run.excludes, config.run.name_excludes
         )
+        # what the sweep varies names its jobs' folders (see config.job_leaf)
+        params = OmegaConf.select(config, "hydra.sweeper.params", default=None) or {}
+        os.environ[SWEEP_KEYS_ENV] = ",".join(varied_keys(config.hydra.overrides.task, params))
         sweep_dir, wandb = Path(config.hydra.sweep.dir), wandb_target(config)
         self._jobs = sweep_jobs(config)
         # at exit (a stop signal, a job's exception): the same report, with what is known then

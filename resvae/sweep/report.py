@@ -10,10 +10,12 @@ A sweep folder holds one folder per job (one with a `summary.json` or a `.hydra/
 resvae/sweep/runs.py). `write_report(sweep_dir)` writes into the sweep folder:
 
 - `report.md` and `report.csv`: the study's "Table 1" (resvae/sweep/tables.py), one row per job,
-  sorted by depth then seed, plus a mean ± sample-std row per depth wherever two or more finished
-  runs of that depth differ in seed;
-- `report/*.png`: validation loss per epoch for every run, minimum validation loss vs depth,
-  training hours vs depth (resvae/sweep/plots.py);
+  with a column per parameter the sweep varied (resvae/sweep/varied.py: `lr`, `latent`, ...),
+  sorted by depth, those parameters, then seed, plus a mean ± sample-std row per depth (and
+  parameter values) wherever two or more finished runs of it differ in seed;
+- `report/*.png`: validation loss per epoch for every run, and minimum validation loss, test
+  bits/dim, training hours and images/s against what the sweep varied: depth, else its first
+  numeric parameter, else per run (resvae/sweep/plots.py);
 - `report.html`: one static page (no server, no network, relative links, so the sweep folder
   can be moved) with the table, the plots, each run's latest sample and reconstruction grid,
   and the failed and broken runs with their errors (resvae/sweep/pages.py).
@@ -34,7 +36,8 @@ from resvae.run.io import atomic_write
 from resvae.sweep.pages import html_report, markdown_report
 from resvae.sweep.plots import write_plots
 from resvae.sweep.runs import RunRecord, collect_runs, read_curves, sweep_name
-from resvae.sweep.tables import CSV_FIELDS, Row, csv_text, markdown_table, table_rows
+from resvae.sweep.tables import Row, csv_fields, csv_text, csv_values, markdown_table, table_rows
+from resvae.sweep.varied import Param, varied_params
 
 # collect_runs and read_curves are imported from here by resvae-analyze (resvae/cli/analyze/)
 __all__ = ["PLOTS_DIR", "collect_runs", "log_report_to_wandb", "main", "read_curves", "write_report"]
@@ -46,17 +49,19 @@ def write_report(sweep_dir: str | Path) -> Path:
     """Write report.md, report.csv, report.html and report/*.png into `sweep_dir`; returns the
     HTML page's path. Each file is replaced atomically (written next to it, then renamed)."""
     sweep_dir = Path(sweep_dir)
-    runs, rows, plots = _read_and_plot(sweep_dir)
-    _write_text(sweep_dir / "report.md", markdown_report(sweep_dir, runs, rows, plots))
-    _write_text(sweep_dir / "report.csv", csv_text(rows))
-    return _write_text(sweep_dir / "report.html", html_report(sweep_dir, runs, rows, plots))
+    runs, params, rows, plots = _read_and_plot(sweep_dir)
+    _write_text(sweep_dir / "report.md", markdown_report(sweep_dir, runs, rows, plots, params))
+    _write_text(sweep_dir / "report.csv", csv_text(rows, params))
+    return _write_text(sweep_dir / "report.html", html_report(sweep_dir, runs, rows, plots, params))
 
 
-def _read_and_plot(sweep_dir: Path) -> tuple[list[RunRecord], list[Row], list[Path]]:
-    """The sweep's runs, its table rows and the plots written into its report/ folder."""
+def _read_and_plot(sweep_dir: Path) -> tuple[list[RunRecord], list[Param], list[Row], list[Path]]:
+    """The sweep's runs, the parameters it varied, its table rows and the plots written into
+    its report/ folder."""
     runs = collect_runs(sweep_dir)
-    rows = table_rows(runs)
-    return runs, rows, write_plots(runs, rows, sweep_dir / PLOTS_DIR)
+    params = varied_params(runs)
+    rows = table_rows(runs, params)
+    return runs, params, rows, write_plots(runs, rows, sweep_dir / PLOTS_DIR, params)
 
 
 def _write_text(path: Path, text: str) -> Path:
@@ -70,7 +75,7 @@ def log_report_to_wandb(sweep_dir: str | Path, project: str, group: str, entity:
     import wandb
 
     sweep_dir = Path(sweep_dir)
-    _, rows, plots = _read_and_plot(sweep_dir)
+    _, params, rows, plots = _read_and_plot(sweep_dir)
     mode = None
     if not os.environ.get("WANDB_MODE"):
         from resvae.run.config import wandb_offline
@@ -80,7 +85,7 @@ def log_report_to_wandb(sweep_dir: str | Path, project: str, group: str, entity:
         project=project, group=group, entity=entity, job_type="report", name=f"report-{group}", mode=mode,
         dir=str(sweep_dir),  # the W&B run's files stay with the sweep (offline: synced from there)
     )  # fmt: skip
-    table = wandb.Table(columns=CSV_FIELDS, data=[[row.get(k) for k in CSV_FIELDS] for row in rows])
+    table = wandb.Table(columns=csv_fields(params), data=[csv_values(row, params) for row in rows])
     wandb.log({"report/table": table, **{f"report/{p.stem}": wandb.Image(str(p)) for p in plots}})
     wandb.finish()
 
@@ -111,7 +116,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
     page = write_report(sweep_dir)
-    print(markdown_table(table_rows(runs)))
+    params = varied_params(runs)
+    print(markdown_table(table_rows(runs, params), params))
     print(f"\nreport: {page}")
     if args.wandb_project:
         group = args.wandb_group or sweep_name(sweep_dir)

@@ -2,10 +2,11 @@
 
 A job folder is a folder directly below the sweep folder with a `summary.json` or a `.hydra/`
 folder. Its record holds the summary, the eval.json of `resvae-eval` (when there is one), the
-validation and training loss per epoch from metrics.csv and the latest sample and reconstruction
-grids. A job whose summary.json is missing or unreadable is "broken": the record says why, and
-the rest of the sweep is read as usual. Problems that do not break a run (an unreadable eval.json
-or metrics.csv) are kept as the record's notes.
+validation and training loss per epoch from metrics.csv, the latest sample and reconstruction
+grids and the job's command-line overrides (summary.json's `overrides`, else
+`.hydra/overrides.yaml`). A job whose summary.json is missing or unreadable is "broken": the
+record says why, and the rest of the sweep is read as usual. Problems that do not break a run (an
+unreadable eval.json, metrics.csv or overrides.yaml) are kept as the record's notes.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class RunRecord:
     sample_png: Path | None = None
     recon_png: Path | None = None
     notes: list[str] = field(default_factory=list)  # problems that do not break the run
+    overrides: list[str] = field(default_factory=list)  # the job's overrides, `key=value`
 
     @property
     def name(self) -> str:
@@ -72,9 +74,27 @@ def read_run(folder: Path) -> RunRecord:
         run.val_curve, run.train_curve = curves["val/loss"], curves["train/loss"]
     except (OSError, csv.Error, UnicodeDecodeError) as e:
         run.notes.append(f"metrics.csv: {e}")
+    run.overrides = _overrides(run)
     run.sample_png = latest_png(folder / "samples")
     run.recon_png = latest_png(folder / "recon")
     return run
+
+
+def _overrides(run: RunRecord) -> list[str]:
+    """summary.json's `overrides`, else `.hydra/overrides.yaml` (a YAML list of strings)."""
+    found = run.summary.get("overrides")
+    if not isinstance(found, list):
+        path = run.folder / ".hydra" / "overrides.yaml"
+        if not path.is_file():
+            return []
+        import yaml
+
+        try:
+            found = yaml.safe_load(path.read_text())
+        except (OSError, UnicodeDecodeError, yaml.YAMLError) as e:
+            run.notes.append(f"overrides.yaml: {str(e).splitlines()[0]}")
+            return []
+    return [item for item in found if isinstance(item, str)] if isinstance(found, list) else []
 
 
 def _read_json(path: Path) -> tuple[dict[str, Any] | None, str | None]:

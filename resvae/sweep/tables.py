@@ -1,10 +1,12 @@
 """The study's "Table 1" of a sweep: its rows, their cells as text, and the table as Markdown and CSV.
 
-Columns: depth, layers, parameters, epochs, training hours, minimum training and validation loss,
-test bits/dim (ELBO and importance-weighted), active units, images/s and status; one row per
-run (`run_row`), sorted by depth then seed, plus a mean ± sample-std row per depth wherever two
-or more finished runs of that depth differ in seed (`table_rows`). Bits/dim that is no normalized
-likelihood of the 8-bit images is marked with a dagger and the `NOT_LIKELIHOOD` footnote.
+Columns: the run, what the sweep varied besides depth and seed (resvae/sweep/varied.py: `lr`,
+`latent`, ...), depth, seed, layers, parameters, epochs, training time, minimum training and
+validation loss, test bits/dim (ELBO and importance-weighted), active units, images/s and status,
+with their units; one row per run (`run_row`), sorted by depth, the varied parameters, then seed,
+plus a mean ± sample-std row per depth (and values of the varied parameters) wherever two or more
+finished runs of it differ in seed (`table_rows`). Bits/dim that is no normalized likelihood of the
+8-bit images is marked with a dagger and the `NOT_LIKELIHOOD` footnote.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from resvae.sweep.runs import RunRecord, integer, number
+from resvae.sweep.varied import Param, format_param, run_params, varied_params
 
 NOT_LIKELIHOOD = "† not a likelihood: these runs' loss is not a normalized likelihood of the 8-bit images \
 (bpd_is_likelihood is false, e.g. the study's Bernoulli cross-entropy), so their bits/dim only compares \
@@ -40,9 +43,9 @@ COLUMNS = (
     Column("layers", "layers", "d"),
     Column("params", "parameters", "M"),
     Column("epochs", "epochs", "d"),
-    Column("train_hours", "training hours", ".3f"),
-    Column("min_train_loss", "min train loss", ".5g"),
-    Column("min_val_loss", "min val loss", ".5g"),
+    Column("train_hours", "training time (hours)", ".3f"),
+    Column("min_train_loss", "min train loss (nats/image)", ".5g"),
+    Column("min_val_loss", "min val loss (nats/image)", ".5g"),
     Column("test_bpd", "test bits/dim (ELBO)", ".3f"),
     Column("test_bpd_iw", "test bits/dim (IW)", ".3f"),
     Column("active_units", "active units", "d"),
@@ -65,16 +68,30 @@ CSV_FIELDS = [
 ]
 
 
+def table_columns(params: Sequence[Param] = ()) -> list[Column]:
+    """`COLUMNS` with a column per varied parameter after the run's name."""
+    own = [Column(p.column, p.short, "p", stat=False) for p in params]
+    return [COLUMNS[0], *own, *COLUMNS[1:]]
+
+
+def csv_fields(params: Sequence[Param] = ()) -> list[str]:
+    """`CSV_FIELDS` with a field per varied parameter (its short name) after the run's name."""
+    return [*CSV_FIELDS[:2], *(p.short for p in params), *CSV_FIELDS[2:]]
+
+
 # ---------------------------------------------------------------------------------- rows
-def run_row(run: RunRecord) -> Row:
-    """A run's table row: numbers as floats/ints or None, eval.json preferred for bits/dim."""
+def run_row(run: RunRecord, params: Sequence[Param] = ()) -> Row:
+    """A run's table row: numbers as floats/ints or None, eval.json preferred for bits/dim, the
+    varied parameters' values under `Param.column`."""
     s = run.summary
     # eval.json may hold another split (resvae-eval --split val|train): only test numbers go in test columns
     ev = run.eval if run.eval and run.eval.get("split", "test") == "test" else {}
     curve_min = lambda curve: min((v for _, v in curve), default=None)  # noqa: E731
     seconds = number(s.get("train_seconds"))
     likelihood = s.get("bpd_is_likelihood")
+    values = run_params(run)[0] if params else {}
     return {
+        **{p.column: values.get(p.key) for p in params},
         "kind": "run",
         "run": run.name,
         "network": s.get("network") if isinstance(s.get("network"), str) else None,
@@ -104,11 +121,13 @@ def _first(*values: float | None) -> float | None:
     return next((v for v in values if v is not None), None)
 
 
-def table_rows(runs: Iterable[RunRecord]) -> list[Row]:
-    """Run rows sorted by depth then seed (broken and depth-less runs last); after the runs of
-    one depth (and network and width), a "mean" row over its finished runs when two or more of
-    them differ in seed: each statistic's mean, its sample std as `<key>_std`, and `n_seeds`."""
-    rows = sorted((run_row(r) for r in runs), key=_sort_key)
+def table_rows(runs: Sequence[RunRecord], params: Sequence[Param] | None = None) -> list[Row]:
+    """Run rows sorted by depth, the varied parameters (`varied_params` when None), then seed
+    (broken and depth-less runs last); after the runs of one depth (and network, width and
+    values of the varied parameters), a "mean" row over its finished runs when two or more of them
+    differ in seed: each statistic's mean, its sample std as `<key>_std`, and `n_seeds`."""
+    params = varied_params(runs) if params is None else params
+    rows = sorted((run_row(r, params) for r in runs), key=_sort_key)
     out: list[Row] = []
     for i, row in enumerate(rows):
         out.append(row)
@@ -132,7 +151,13 @@ def _sort_key(row: Row) -> tuple:
 
 
 def _group(row: Row) -> tuple:
-    return (row["depth"], row["network"] or "", row["width"] or 0)
+    """Depth, network, width and the varied parameters' values (None first, numbers by value)."""
+    varied = [(v is not None, isinstance(v, str), v if isinstance(v, str) else v or 0) for v in _params(row)]
+    return (row["depth"], row["network"] or "", row["width"] or 0, *varied)
+
+
+def _params(row: Row) -> list:
+    return [row[k] for k in row if k.startswith("param:")]
 
 
 def aggregate_row(members: Sequence[Row]) -> Row:
@@ -145,6 +170,7 @@ def aggregate_row(members: Sequence[Row]) -> Row:
         "network": first["network"],
         "width": first["width"],
         "depth": first["depth"],
+        **{k: first[k] for k in first if k.startswith("param:")},
         "seed": None,
         "n_seeds": len(members),
         "bpd_is_likelihood": _all_likelihood(m["bpd_is_likelihood"] for m in members),
@@ -173,6 +199,8 @@ def format_cell(row: Row, column: Column) -> str:
         return f"n={row['n_seeds']}"
     if value is None:
         return "–"
+    if column.fmt == "p":
+        return format_param(value)
     if not column.fmt:
         return str(value)
     text = _format_number(value, column.fmt)
@@ -199,15 +227,16 @@ def any_not_likelihood(rows: Iterable[Row]) -> bool:
     return any(r["bpd_is_likelihood"] is False for r in rows)
 
 
-def markdown_table(rows: Sequence[Row]) -> str:
+def markdown_table(rows: Sequence[Row], params: Sequence[Param] = ()) -> str:
     """The table as GitHub Markdown, aggregate rows in bold, with the likelihood footnote."""
     esc = lambda text: text.replace("|", "\\|").replace("\n", " ")  # noqa: E731
+    columns = table_columns(params)
     lines = [
-        "| " + " | ".join(c.header for c in COLUMNS) + " |",
-        "|" + "|".join("---" if not c.fmt else "--:" for c in COLUMNS) + "|",
+        "| " + " | ".join(esc(c.header) for c in columns) + " |",
+        "|" + "|".join("---" if not c.fmt else "--:" for c in columns) + "|",
     ]
     for row in rows:
-        cells = [esc(format_cell(row, c)) for c in COLUMNS]
+        cells = [esc(format_cell(row, c)) for c in columns]
         if row["kind"] == "mean":
             cells = [f"**{cell}**" if cell else "" for cell in cells]
         lines.append("| " + " | ".join(cells) + " |")
@@ -216,10 +245,17 @@ def markdown_table(rows: Sequence[Row]) -> str:
     return "\n".join(lines)
 
 
-def csv_text(rows: Sequence[Row]) -> str:
-    """The table as CSV with the `CSV_FIELDS` columns: numbers unformatted, stds in columns of their own."""
+def csv_text(rows: Sequence[Row], params: Sequence[Param] = ()) -> str:
+    """The table as CSV with the `csv_fields` columns: numbers unformatted, stds in columns of their
+    own, each varied parameter under its short name."""
     out = io.StringIO(newline="")
-    writer = csv.DictWriter(out, fieldnames=CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(csv_fields(params))
+    writer.writerows(csv_values(row, params) for row in rows)
     return out.getvalue()
+
+
+def csv_values(row: Row, params: Sequence[Param] = ()) -> list[Any]:
+    """A row's values in the order of `csv_fields` (None for an empty cell)."""
+    keys = [*CSV_FIELDS[:2], *(p.column for p in params), *CSV_FIELDS[2:]]
+    return [row.get(k) for k in keys]

@@ -90,8 +90,9 @@ def recorded_val_loss(subject: Subject) -> tuple[float, str] | None:
             curve = dict(read_curves(run / "metrics.csv", ("val/loss",))["val/loss"])
         except (OSError, csv.Error, UnicodeDecodeError):
             curve = {}
-        if subject.epoch in curve:
-            return curve[subject.epoch], f"metrics.csv val/loss at epoch {subject.epoch}"
+        number = subject.epoch + 1  # metrics.csv counts epochs from 1, checkpoints (Lightning) from 0
+        if number in curve:
+            return curve[number], f"metrics.csv val/loss at epoch {number}"
     try:
         summary = json.loads((run / "summary.json").read_text())
     except (OSError, ValueError):

@@ -1,8 +1,9 @@
 """Kill campaigns: kill a training run at random moments, rerun the same command, and check that
 its records end as an uninterrupted run's. Not collected by pytest (a few minutes per campaign);
-tests/test_run_records.py runs one short campaign.
+tests/run/test_run_records.py runs one short campaign.
 
     uv run python -m tests.campaigns --campaigns 12 --seed 0
+    uv run python -m tests.campaigns --campaigns 6 --seed 8 model=hvae   # any model or override
 
 Each campaign: one reference run, then one run attempted up to `--attempts` times, each attempt
 killed (SIGKILL, or SIGTERM with probability --sigterm) after a random delay, the last one left to
@@ -115,7 +116,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--attempts", type=int, default=4, help="killed attempts per campaign")
     p.add_argument("--sigterm", type=float, default=0.3, help="share of kills that are SIGTERM")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("overrides", nargs="*", help="more resvae-train overrides, e.g. model=hvae")
     args = p.parse_args(argv)
+    ARGS.extend(args.overrides)
     rng = random.Random(args.seed)
     totals = {"SIGKILL": 0, "SIGTERM": 0, "duplicated": 0, "lost": 0, "bad": 0}
     for n in range(args.campaigns):

@@ -1,28 +1,22 @@
-"""Shared fixtures: run the Hydra app in a subprocess, as a user would."""
+"""Shared fixtures: run the Hydra app in a subprocess, as a user would. (Helpers that test modules
+import live in tests/helpers/.)"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-import lightning as L
 import pytest
 import torch
-
-REPO = Path(__file__).resolve().parents[1]
 
 # Two pytest workers share the cores: one intra-op thread each, here and in the training
 # subprocesses the tests start (small tensors run no faster on two, and oversubscribed cores run
 # 5-15x slower).
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 torch.set_num_threads(1)
-
-# Fast, quiet end-to-end runs: the smoke experiment with fewer images.
-TINY = ["experiment=smoke", "data.train_size=128", "data.val_size=32", "data.test_size=32"]
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -32,30 +26,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
-
-
-def run_dirs(root: Path) -> dict[str, Path]:
-    """Run folders (those with a summary.json) below root, keyed by folder name."""
-    return {p.parent.name: p.parent for p in root.glob("**/summary.json")}
-
-
-def only_run_dir(root: Path) -> Path:
-    dirs = run_dirs(root)
-    assert len(dirs) == 1, dirs
-    return next(iter(dirs.values()))
-
-
-def cpu_trainer(**kwargs) -> L.Trainer:
-    """A quiet CPU Trainer for in-process tests (no logger, bar or model summary)."""
-    defaults = {
-        "default_root_dir": tempfile.mkdtemp(prefix="resvae-test-"),  # never the repository
-        "accelerator": "cpu",
-        "devices": 1,
-        "logger": False,
-        "enable_progress_bar": False,
-        "enable_model_summary": False,
-    }
-    return L.Trainer(**{**defaults, **kwargs})
 
 
 @pytest.fixture(scope="module")

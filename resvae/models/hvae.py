@@ -10,13 +10,9 @@ mean KL exceeds `hvae_objective.ACTIVE_GROUP_NATS`).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from resvae import metrics as keys
-from resvae.models.base import LatentModel, OptimizerFactory, SchedulerFactory
 from resvae.models.hvae_objective import ACTIVE_GROUP_NATS, HVAEObjective, active_groups
-from resvae.models.likelihoods import make_likelihood
+from resvae.models.vae import VAE
 
 VAL_ACTIVE_GROUPS = keys.of("val", "active_groups")
 
@@ -25,39 +21,11 @@ def val_group_key(group: int) -> str:
     return keys.of("val", f"kl_group_{group}")
 
 
-class HVAE(LatentModel):
-    def __init__(
-        self,
-        *,
-        arch: Any,
-        likelihood: str = "logistic_mixture",
-        n_mix: int = 10,
-        beta: float = 1.0,
-        kl_warmup_steps: int = 0,
-        free_bits: float = 0.0,
-        iw_samples: int = 16,
-        optimizer: OptimizerFactory | None = None,
-        scheduler: SchedulerFactory | None = None,
-        train_step: Mapping[str, Any] | None = None,
-    ) -> None:
-        """arch: resvae.nn.hvae.HVAEArchConfig; beta: KL weight after warm-up (1: the ELBO);
-        kl_warmup_steps: linear KL warm-up; free_bits: nats per latent group (batch mean) below
-        which its KL is not pushed down; iw_samples: importance samples of test/nll_iw (each a
-        sample of the whole hierarchy)."""
-        pixels = make_likelihood(likelihood, n_mix)
-        net = arch.build(pixels.param_channels(arch.in_channels), code_multiplier=2)
-        super().__init__(
-            objective=HVAEObjective(net, pixels, beta, kl_warmup_steps, free_bits),
-            arch=arch,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            train_step=train_step,
-            iw_samples=iw_samples,
-        )
+class HVAE(VAE):
+    """`VAE`'s options, with `free_bits` per latent group, `iw_samples` drawing the whole
+    hierarchy each, and `arch` a resvae.nn.hvae.HVAEArchConfig."""
 
-    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
-        if self.objective.kl_warmup_steps:
-            self.objective.kl_weight.fill_(self.objective.kl_weight_at(self.global_step))
+    objective_class = HVAEObjective
 
     def on_validation_epoch_end(self) -> None:
         super().on_validation_epoch_end()

@@ -29,8 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from resvae.models.likelihoods import Likelihood
-from resvae.models.objectives import LOGVAR_MAX, LOGVAR_MIN, LatentObjective, Terms, gaussian_kl
+from resvae.models.objectives import LOGVAR_MAX, LOGVAR_MIN, KLObjective, Terms, gaussian_kl
 from resvae.nn.hvae import HierarchicalVAENet
 
 # A group is active when its mean KL over the data exceeds this many nats per image. Per group
@@ -87,29 +86,11 @@ def active_groups(kl_per_group: torch.Tensor, threshold: float = ACTIVE_GROUP_NA
     return int((mean > threshold).sum())
 
 
-class HVAEObjective(LatentObjective):
-    metric_names = ("loss", "recon", "kl")
-    has_posterior = True
+class HVAEObjective(KLObjective):
+    """Latent groups with learned priors; free bits apply per group (KLObjective holds beta, the
+    warm-up and the floor)."""
+
     net: HierarchicalVAENet
-
-    def __init__(
-        self,
-        net: HierarchicalVAENet,
-        likelihood: Likelihood,
-        beta: float = 1.0,
-        kl_warmup_steps: int = 0,
-        free_bits: float = 0.0,
-    ) -> None:
-        super().__init__(net, likelihood)
-        if beta < 0 or kl_warmup_steps < 0 or free_bits < 0:
-            raise ValueError("model.beta, model.kl_warmup_steps and model.free_bits must be >= 0")
-        self.beta, self.kl_warmup_steps, self.free_bits = beta, kl_warmup_steps, free_bits
-        # a device scalar, read by a compiled or graph-captured step (as VAEObjective's)
-        self.register_buffer("kl_weight", torch.tensor(self.kl_weight_at(0)), persistent=False)
-
-    def kl_weight_at(self, step: int) -> float:
-        ramp = 1.0 if self.kl_warmup_steps == 0 else min(1.0, (step + 1) / self.kl_warmup_steps)
-        return self.beta * ramp
 
     # ------------------------------------------------------------------ the latent's layout
     @property

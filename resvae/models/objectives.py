@@ -111,7 +111,10 @@ class LatentObjective(nn.Module):
         return self(x).loss
 
 
-class VAEObjective(LatentObjective):
+class KLObjective(LatentObjective):
+    """A latent-variable model whose loss is reconstruction + KL: the KL's weight (beta after a
+    linear warm-up) and free-bits floor, shared by the VAE and the hierarchical VAE."""
+
     metric_names = ("loss", "recon", "kl")
     has_posterior = True
 
@@ -134,6 +137,10 @@ class VAEObjective(LatentObjective):
     def kl_weight_at(self, step: int) -> float:
         ramp = 1.0 if self.kl_warmup_steps == 0 else min(1.0, (step + 1) / self.kl_warmup_steps)
         return self.beta * ramp
+
+
+class VAEObjective(KLObjective):
+    """One diagonal Gaussian latent under a standard normal prior."""
 
     def posterior(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """x in [-1, 1] -> (mu, logvar), float32, of the latent shape."""

@@ -8,10 +8,12 @@ from typing import Any
 
 from resvae.models.base import LatentModel, OptimizerFactory, SchedulerFactory
 from resvae.models.likelihoods import make_likelihood
-from resvae.models.objectives import VAEObjective
+from resvae.models.objectives import KLObjective, VAEObjective
 
 
 class VAE(LatentModel):
+    objective_class: type[KLObjective] = VAEObjective  # the maths; model=hvae swaps in its own
+
     def __init__(
         self,
         *,
@@ -33,7 +35,7 @@ class VAE(LatentModel):
         pixels = make_likelihood(likelihood, n_mix)
         net = arch.build(pixels.param_channels(arch.in_channels), code_multiplier=2)
         super().__init__(
-            objective=VAEObjective(net, pixels, beta, kl_warmup_steps, free_bits),
+            objective=self.objective_class(net, pixels, beta, kl_warmup_steps, free_bits),
             arch=arch,
             optimizer=optimizer,
             scheduler=scheduler,

@@ -5,7 +5,7 @@ Source: the study's public code, GitHub repository bjlkeng/sandbox, folder noteb
 `conv_block`) and `vae-cifar10.ipynb` (`resnet_layers`, `make_encoder`, `make_decoder`). The
 executed notebooks `vae-cifar10-depth{0,1,2,3}.nbconvert.ipynb` print the Keras summaries whose
 parameter totals `keras_parameter_count` reproduces exactly (26,815,683 / 29,624,003 / 43,762,627 /
-57,901,251 for depths 28 / 40 / 70 / 100; see tests/test_keras2018.py).
+57,901,251 for depths 28 / 40 / 70 / 100; see tests/nn/test_keras2018.py).
 
 Shapes at the study's settings (width 64, head_units 1024, latent 256, depth 28 = one block per
 stage; Keras is channels-last, this module is channels-first):

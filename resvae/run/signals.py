@@ -6,6 +6,8 @@ training batch the run saves `last.ckpt` and stops with `Preempted`; a rerun of 
 command continues from that batch. When the signal comes during an epoch's last batch (or its
 validation), the epoch is finished first, validated and logged, and the checkpoint is written
 at its end: a checkpoint at an epoch's last batch would resume with that epoch never validated.
+A signal during the last epoch's validation stops the run at the end of training, before the
+test: the rerun finds training done and only tests.
 A handler that was installed before training (e.g. submitit's requeue on SIGUSR2) still runs,
 after the checkpoint is written.
 
@@ -64,7 +66,8 @@ class Preemption(L.Callback):
         self._at_epoch_end = True
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        if self._at_epoch_end:
+        # also a signal after the last training batch (the last validation): no batch end follows
+        if self._at_epoch_end or self.received is not None:
             self._save_and_stop(trainer)
 
     def _save_and_stop(self, trainer: L.Trainer) -> None:

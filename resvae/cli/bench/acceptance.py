@@ -2,7 +2,7 @@
 
 1. Lightning >= 2.6 (the background checkpoint writer relies on it cloning tensors before it
    hands them to the writer thread); otherwise one line and exit 2.
-2. The captured-vs-eager equality test: `pytest tests/test_step.py -m gpu` in a subprocess.
+2. The captured-vs-eager equality test: `pytest tests/models/test_step.py -m gpu` in a subprocess.
 3. The rows of CASES, then one table of TARGETS with the numbers beside them, each PASS, FAIL or
    not run (and why). Rows that would start after the time budget are not run.
 
@@ -108,11 +108,11 @@ def lightning_problem(version: str | None = None) -> str | None:
 
 
 def equality_test(timeout_s: float) -> dict[str, Any]:
-    """`pytest tests/test_step.py -m gpu` (it skips without CUDA): PASS, FAIL or not run."""
-    check: dict[str, Any] = {"check": "captured == eager (pytest tests/test_step.py -m gpu)"}
-    if not (REPO / "tests" / "test_step.py").is_file():
+    """`pytest tests/models/test_step.py -m gpu` (it skips without CUDA): PASS, FAIL or not run."""
+    check: dict[str, Any] = {"check": "captured == eager (pytest tests/models/test_step.py -m gpu)"}
+    if not (REPO / "tests" / "models" / "test_step.py").is_file():
         return {**check, "status": "not run (tests/ not found: run from the source checkout)"}
-    command = [sys.executable, "-m", "pytest", "tests/test_step.py", "-m", "gpu", "-q", "-rs"]
+    command = [sys.executable, "-m", "pytest", "tests/models/test_step.py", "-m", "gpu", "-q", "-rs"]
     command += ["-o", "addopts=", "-p", "no:cacheprovider"]  # one process; no xdist needed
     try:
         proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)

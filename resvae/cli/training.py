@@ -32,7 +32,7 @@ from resvae.run.folder import Run, checkpoint_callbacks, git_commit, hashed_conf
 from resvae.run.io import atomic_write
 from resvae.run.loggers import MetricsCSVLogger, finish_wandb, quiet_boilerplate, wandb_summary_mirror
 from resvae.run.numerics import set_float32_precision
-from resvae.run.signals import Preempted, Preemption, StopNow
+from resvae.run.signals import Preempted, Preemption, StopNow, signal_exit
 
 log = logging.getLogger("resvae.cli.train")
 
@@ -123,8 +123,9 @@ def train(cfg: DictConfig) -> float | None:
     ).open()  # fmt: skip
     exit_code, preempted = 1, False
     previous = {sig: signal.getsignal(signal.Signals[sig]) for sig in cfg.run.signals}
-    for sig, handler in previous.items():
-        signal.signal(signal.Signals[sig], StopNow(handler))
+    stoppers = [StopNow(handler) for handler in previous.values()]
+    for sig, stopper in zip(previous, stoppers):
+        signal.signal(signal.Signals[sig], stopper)
     try:
         datamodule = instantiate(cfg.data)
         if hasattr(datamodule, "fingerprint"):  # reads the images; refuses another run's data
@@ -168,10 +169,13 @@ def train(cfg: DictConfig) -> float | None:
             )
         exit_code = 0
         log.info(final_line(run.summary, run.folder, cfg.model.get("iw_samples")))
-    except BaseException as err:
+    except BaseException as raised:
+        err = signal_exit(raised, stoppers)
         preempted = isinstance(err, (Preempted, SIGTERMException, SystemExit))
         run.fail(err, errors.one_line(err))
-        raise
+        if err is raised:
+            raise
+        raise err from raised
     finally:
         for sig, handler in previous.items():
             signal.signal(signal.Signals[sig], handler if handler is not None else signal.SIG_DFL)

@@ -96,8 +96,20 @@ class StopNow:
 
     def __init__(self, outer: Any) -> None:
         self.outer = outer
+        self.received: int | None = None
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.received = signum
         if callable(self.outer):
             self.outer(signum, frame)
         raise SystemExit(128 + signum)
+
+
+def signal_exit(error: BaseException, stoppers: Sequence[StopNow]) -> BaseException:
+    """What ended an attempt: where a StopNow fired, its SystemExit even when another error
+    surfaced instead (the exit was raised inside a library mid-update, e.g. OmegaConf restoring
+    its flags, whose cleanup then failed), so the run is recorded interrupted, not failed."""
+    fired = [s.received for s in stoppers if s.received is not None]
+    if fired and not isinstance(error, SystemExit):
+        return SystemExit(128 + fired[0])
+    return error

@@ -21,13 +21,14 @@ class KLHistogram(L.Callback):
             return
         import wandb
 
-        kl = stats.compute()["kl_per_dim"].float().cpu().numpy()
+        kl_per_dim = stats.compute()["kl_per_dim"]
+        kl = kl_per_dim.float().cpu().numpy()
         if not np.isfinite(kl).all():  # a diverged epoch: the run fails with its own message
             return
         record = {keys.VAL_KL_PER_DIM: wandb.Histogram(kl), "trainer/global_step": trainer.global_step}
         group_kl = getattr(pl_module.objective, "group_kl", None)
         if group_kl is not None:
-            per_group = group_kl(stats.compute()["kl_per_dim"]).float().cpu().numpy()  # [G]
+            per_group = group_kl(kl_per_dim).float().cpu().numpy()  # [G]
             edges = np.arange(per_group.shape[0] + 1)  # bin g spans [g, g + 1): group g
             record[keys.VAL_KL_PER_GROUP] = wandb.Histogram(np_histogram=(per_group, edges))
         for logger in wandb_loggers:

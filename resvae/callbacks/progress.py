@@ -18,6 +18,11 @@ from resvae import metrics as keys
 log = logging.getLogger("resvae.progress")
 
 
+def at_quarter(done: int, total: int) -> bool:
+    """Whether `done` of `total` steps crosses a quarter (or ends): when a log gets a progress line."""
+    return done == total or done * 4 // total != (done - 1) * 4 // total
+
+
 def minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
@@ -67,11 +72,7 @@ class ProgressLines(L.Callback):
         """The test (the IW bound can take minutes): a line at each quarter of its batches."""
         total = int(sum(trainer.num_test_batches)) if trainer.num_test_batches else 0
         done = batch_idx + 1
-        if (
-            trainer.is_global_zero
-            and total
-            and (done == total or done * 4 // total != batch_idx * 4 // total)
-        ):
+        if trainer.is_global_zero and total and at_quarter(done, total):
             log.info("test: batch %d/%d (%d%%)", done, total, 100 * done // total)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

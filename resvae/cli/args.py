@@ -9,6 +9,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from resvae.callbacks.progress import at_quarter
+
 
 def positive_int(text: str) -> int:
     value = int(text)
@@ -36,14 +38,15 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 
 
 def progress_printer(label: str, unit: str = "batch") -> Callable[[int, int], None]:
-    """`show(done, total)`: one updating line on a terminal, else a line at every quarter (logs)."""
+    """`show(done, total)`: one updating line on a terminal, else a line at every quarter (logs),
+    as the training log's test phase (callbacks/progress.py)."""
     tty = sys.stderr.isatty()
 
     def show(done: int, total: int) -> None:
         if tty:
             end = "\n" if done == total else ""
             print(f"\r{label}: {unit} {done}/{total}", end=end, file=sys.stderr, flush=True)
-        elif done == total or done * 4 // total != (done - 1) * 4 // total:
+        elif at_quarter(done, total):
             print(f"{label}: {unit} {done}/{total} ({100 * done // total}%)", file=sys.stderr, flush=True)
 
     return show

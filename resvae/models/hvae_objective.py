@@ -196,7 +196,3 @@ class HVAEObjective(KLObjective):
             )
         per_dim = torch.repeat_interleave(scales, torch.tensor(self.group_sizes, device=eps.device))
         return eps * per_dim
-
-    def decode_images(self, z: torch.Tensor) -> torch.Tensor:
-        """Latents [B, D] -> images in [0, 1] (the likelihood's point estimate)."""
-        return (self.likelihood.point(self.decode(z)) + 1) / 2

@@ -102,9 +102,13 @@ class LatentObjective(nn.Module):
         """Standard-normal noise of the latent shape -> a latent to decode."""
         raise NotImplementedError
 
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Latents -> likelihood parameters (the network's decoder; a hierarchy decodes otherwise)."""
+        return self.net.decode(z)
+
     def decode_images(self, z: torch.Tensor) -> torch.Tensor:
         """Latents -> images in [0, 1] (the likelihood's point estimate)."""
-        return (self.likelihood.point(self.net.decode(z)) + 1) / 2
+        return (self.likelihood.point(self.decode(z)) + 1) / 2
 
     def nll_iw(self, x: torch.Tensor, samples: int) -> torch.Tensor:
         """Importance-weighted NLL bound in nats/image; for models without a posterior, the loss."""

@@ -16,8 +16,12 @@ from resvae.nn.plan import DepthError, depth_plan, nearest_valid_depths
 from resvae.nn.residual import Residual
 
 # network configs by name: checkpoints name theirs, and loading looks them up here
-ARCHS = {"ArchConfig": ArchConfig, "Keras2018Config": Keras2018Config, "MLPArchConfig": MLPArchConfig,
-         "HVAEArchConfig": HVAEArchConfig}
+ARCHS = {
+    "ArchConfig": ArchConfig,
+    "Keras2018Config": Keras2018Config,
+    "MLPArchConfig": MLPArchConfig,
+    "HVAEArchConfig": HVAEArchConfig,
+}
 
 __all__ = [
     "ARCHS",

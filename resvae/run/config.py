@@ -68,20 +68,25 @@ def run_leaf(
     """
 
     excluded = [*excluded, *also_excluded]
+    kept = sorted(item for item in overrides if not is_excluded(key_of(item), excluded))
+    return cut_leaf(",".join(kept).replace("/", "%2F") or "default", MAX_LEAF)
 
-    def key_of(item: str) -> str:
-        return item.split("=", 1)[0].lstrip("+~")
 
-    kept = sorted(
-        item
-        for item in overrides
-        if not any(key_of(item) == ex or key_of(item).startswith(ex + ".") for ex in excluded)
-    )
-    leaf = ",".join(kept).replace("/", "%2F") or "default"
-    if len(leaf) > MAX_LEAF:
-        digest = hashlib.sha1(leaf.encode()).hexdigest()[:10]
-        leaf = f"{leaf[: MAX_LEAF - 11]}~{digest}"
-    return leaf
+def key_of(override: str) -> str:
+    """`+model.arch.depth=40` -> `model.arch.depth`."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def is_excluded(key: str, excluded: Sequence[str]) -> bool:
+    """Whether `key` is one of `excluded` or below one of them."""
+    return any(key == ex or key.startswith(ex + ".") for ex in excluded)
+
+
+def cut_leaf(leaf: str, limit: int) -> str:
+    """`leaf`, or where longer than `limit` its start and a hash of the whole (still unique)."""
+    if len(leaf) <= limit:
+        return leaf
+    return f"{leaf[: limit - 11]}~{hashlib.sha1(leaf.encode()).hexdigest()[:10]}"
 
 
 SWEEP_ENV = "RESVAE_SWEEP_FOLDER"
@@ -135,16 +140,14 @@ def job_leaf(
     of an older sweep's command still finds its runs."""
     full = run_leaf(overrides, excluded, also_excluded)
     swept = [k for k in os.environ.get(SWEEP_KEYS_ENV, "").split(",") if k]
-    skip = [*excluded, "hydra"]
-    swept = [k for k in swept if not any(k == ex or k.startswith(ex + ".") for ex in skip)]
-    values = {o.split("=", 1)[0].lstrip("+~"): o.split("=", 1)[1] for o in overrides if "=" in o}
+    swept = [k for k in swept if not is_excluded(k, [*excluded, "hydra"])]
+    values = {key_of(o): o.split("=", 1)[1] for o in overrides if "=" in o}
     names = short_names(swept)
     parts = [f"{names[k]}={values[k]}" for k in swept if k in values]
     if not parts:
         return full
-    leaf = ",".join(parts).replace("/", "%2F")
-    if len(leaf) > 2 * MAX_LEAF:  # a folder name must stay under the filesystem's 255 bytes
-        leaf = f"{leaf[: 2 * MAX_LEAF - 11]}~{hashlib.sha1(leaf.encode()).hexdigest()[:10]}"
+    # a folder name must stay under the filesystem's 255 bytes
+    leaf = cut_leaf(",".join(parts).replace("/", "%2F"), 2 * MAX_LEAF)
     if sweep_dir and not (Path(sweep_dir) / leaf).exists() and (Path(sweep_dir) / full).is_dir():
         return full
     return leaf

@@ -169,6 +169,33 @@ def test_a_mistyped_config_key_is_one_line_and_exit_2() -> None:
     assert "model.arch.depth" in lines[0] and proc.stdout == ""
 
 
+@pytest.mark.slow
+def test_acceptance_runs_the_chosen_cases_and_keeps_the_real_loops_folders(tmp_path: Path, capsys) -> None:
+    out, runs = tmp_path / "acceptance.json", tmp_path / "runs"
+    with pytest.raises(SystemExit) as exit_:
+        main(["--acceptance", "--device", "cpu", "--cases", "vae d28 b25", "--keep-runs", str(runs),
+              "--json", str(out)])  # fmt: skip
+    assert exit_.value.code == 0
+    report = json.loads(out.read_text())
+    assert {r["case"] for r in report["rows"]} == {"vae d28 b25"}
+    targets = {r["case"]: r["status"] for r in report["acceptance"] if r.get("case")}
+    assert targets["vae d28 b25"] == "not run (lightning-captured: no CUDA)"
+    assert targets["keras2018 d28 b25"] == targets["depth_sweep d100 b1024"] == "not run (--cases)"
+    (summary,) = runs.glob("real-*/**/summary.json")  # the one real loop that runs on a CPU
+    assert json.loads(summary.read_text())["status"] == "finished"
+    assert (summary.parent / "train.log").is_file() and (summary.parent / "metrics.csv").is_file()
+    printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert [json.loads(line)["loop"] for line in printed] == list(acceptance.CASES[0].loops)
+
+
+def test_an_unknown_acceptance_case_is_one_line_naming_the_cases(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_:
+        main(["--acceptance", "--device", "cpu", "--cases", "vae d29 b25"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert exit_.value.code == 2 and len(err) == 1
+    assert err[0].startswith("resvae-bench: error: --cases: no case 'vae d29 b25'; the cases are ")
+
+
 def test_an_old_lightning_is_refused_in_one_line(monkeypatch, capsys) -> None:
     assert acceptance.lightning_problem("2.6.0") is None and acceptance.lightning_problem("3.0.1") is None
     monkeypatch.setattr(L, "__version__", "2.5.3")

@@ -132,8 +132,26 @@ def equality_test(timeout_s: float) -> dict[str, Any]:
     return {**check, "status": f"not run ({reason})"}
 
 
-def run(settings: Settings, extra: list[str], steps: int | None, budget_s: float | None) -> dict[str, Any]:
-    """The checks, the rows and the targets; `extra` overrides go to every case."""
+def chosen(case: Case, names: list[str] | None) -> bool:
+    return not names or case.name in names or case.label in names
+
+
+def unknown_cases(names: list[str]) -> str | None:
+    """One line naming the cases that exist, when a name in `names` is none of them."""
+    known = {c.name for c in CASES} | {c.label for c in CASES}
+    wrong = [n for n in names if n not in known]
+    if not wrong:
+        return None
+    labels = ", ".join(repr(c.label) for c in CASES)
+    return f"--cases: no case {', '.join(map(repr, wrong))}; the cases are {labels} (or their names)"
+
+
+def run(
+    settings: Settings, extra: list[str], steps: int | None, budget_s: float | None,
+    cases: list[str] | None = None,
+) -> dict[str, Any]:  # fmt: skip
+    """The checks, the rows of the chosen `cases` (default all) and the targets; `extra`
+    overrides go to every case."""
     start = time.monotonic()
     gpu = settings.device.type == "cuda"
     budget = budget_s if budget_s is not None else (GPU_BUDGET_S if gpu else None)
@@ -141,13 +159,18 @@ def run(settings: Settings, extra: list[str], steps: int | None, budget_s: float
     checks = [{"check": "Lightning >= 2.6", "measured": L.__version__, "status": "PASS"}]
     checks.append(equality_test(timeout_s=300.0))
     rows = []
-    for case in CASES:
+    for case in (c for c in CASES if chosen(c, cases)):
         overrides = [*case.overrides, *(() if gpu else TINY), *extra]
         batch = case.batch if gpu else TINY_BATCH
         n = steps or (case.steps if gpu else TINY_STEPS)
         rows += measure(overrides, case.depth, batch, case.loops, settings, case=case.label, steps=n)
-    results = [*checks, *(evaluate(t, rows) for t in TARGETS)]
+    labels = {c.label for c in CASES if chosen(c, cases)}
+    results = [*checks, *(evaluate(t, rows) if t.case in labels else skipped(t) for t in TARGETS)]
     return {"acceptance": results, "rows": rows, "seconds": round(time.monotonic() - start, 1), "gpu": gpu}
+
+
+def skipped(target: Target) -> dict[str, Any]:
+    return {"check": target.what, "case": target.case, "target": target.wanted, "status": "not run (--cases)"}
 
 
 def evaluate(target: Target, rows: list[dict[str, Any]]) -> dict[str, Any]:

@@ -59,6 +59,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--acceptance", action="store_true", help="the GPU acceptance run (see docs/benchmarks.md)"
     )
     p.add_argument(
+        "--cases", nargs="+", metavar="CASE",
+        help="--acceptance: only these cases, by name (vae, keras2018) or label ('vae d28 b25')",
+    )  # fmt: skip
+    p.add_argument(
+        "--keep-runs", type=Path, metavar="DIR",
+        help="keep the real loop's run folders (train.log, summary.json, metrics.csv) under DIR",
+    )  # fmt: skip
+    p.add_argument(
         "--budget-s", type=float, help="--acceptance: no row starts after this (default 540 on a GPU)"
     )
     args = p.parse_intermixed_args(argv)
@@ -103,6 +111,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         fail(problem)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.acceptance and args.cases and (problem := acceptance.unknown_cases(args.cases)):
+        fail(problem)
+    if args.keep_runs:
+        args.keep_runs.mkdir(parents=True, exist_ok=True)
+        _run(args, settings_for(args, args.keep_runs))
+        return
     with tempfile.TemporaryDirectory(prefix="resvae-bench-") as workdir:  # the real loop's run folders
         _run(args, settings_for(args, Path(workdir)))
 
@@ -111,7 +125,7 @@ def _run(args: argparse.Namespace, settings: Settings) -> None:
     if settings.device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # as the trainer's benchmark: true
     if args.acceptance:
-        report = acceptance.run(settings, list(args.overrides), args.steps, args.budget_s)
+        report = acceptance.run(settings, list(args.overrides), args.steps, args.budget_s, args.cases)
         print(format_table(report["rows"]))
         print(acceptance.format_acceptance(report))
         _write(args.json, report)
@@ -136,8 +150,6 @@ def _measure_depth(args: argparse.Namespace, settings: Settings, depth: int | No
     rows = []
     for batch in args.batch or [int(base.data.batch_size)]:
         rows += measure(args.overrides, depth, batch, args.loops, settings)
-    for row in rows:
-        print(json.dumps(row), flush=True)
     return rows
 
 

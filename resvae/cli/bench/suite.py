@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import tempfile
 import time
@@ -81,6 +82,7 @@ def measure(
             row["mfu"] = _round(mfu(row["img_s"], gflop, peak))
         rows.append(row)
         print(_progress(row), flush=True)
+        print(json.dumps(row), flush=True)  # the whole row, so a log cut off mid-run keeps it
         release(device)
     return rows
 

@@ -171,7 +171,7 @@ class RunSummary(L.Callback):
             "likelihood": pl_module.likelihood.name,
             "bpd_is_likelihood": pl_module.bpd_is_likelihood,
             "params": pl_module.num_parameters,
-            "device": _device_name(pl_module.device),
+            "device": _device_name(trainer.strategy.root_device),
             "precision": str(trainer.precision),
             "float32": effective_float32(),  # what float32 matmuls and convolutions ran as: ieee or tf32
             **self.extra,
@@ -191,9 +191,10 @@ class RunSummary(L.Callback):
                 compile=pl_module.options.compile,
                 compile_first_call_seconds=forward.first_call_seconds,
                 compile_fell_back=forward.fell_back,
+                compile_eval_first_call_seconds=pl_module.eval_fn.first_call_seconds,
                 captured=pl_module.step.graphed is not None,
                 warmup_seconds=None if self._warmup is None else round(self._warmup, 3),
-                peak_memory_gib=_peak_memory_gib(pl_module.device),
+                peak_memory_gib=_peak_memory_gib(trainer.strategy.root_device),
                 **self.minima,
             )
             ckpt = trainer.checkpoint_callback
@@ -215,6 +216,8 @@ class RunSummary(L.Callback):
         self.write(trainer, pl_module, status="running", error=None, started_at=_now())
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        # Lightning calls this after its teardown has moved the module back to the CPU: the
+        # device and its peak memory are the trainer's (strategy.root_device), not the module's
         # fit returned before max_epochs without an error: EarlyStopping (or another callback)
         # stopped it; Lightning's stopped_epoch cannot tell a stop at epoch 0 from no stop
         stopped_early = trainer.max_epochs not in (None, -1) and trainer.current_epoch < trainer.max_epochs

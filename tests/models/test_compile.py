@@ -34,6 +34,23 @@ def test_failed_compile_warns_once_and_runs_eager(monkeypatch) -> None:
     assert fn.fell_back and not fn.active and calls == [3, 4]
 
 
+def recording_compile(fn, mode=None, **kwargs):
+    def compiled(*args):
+        recording_compile.calls.append([tuple(a.shape) for a in args])
+        return fn(*args)
+
+    return compiled
+
+
+def test_compiled_code_serves_its_first_shapes_and_a_smaller_last_batch_runs_eagerly(monkeypatch) -> None:
+    recording_compile.calls = []
+    monkeypatch.setattr(torch, "compile", recording_compile)
+    fn = CompiledOrEager(lambda x: x * 2, "reduce-overhead", "validation forward")
+    for batch in (4, 4, 3, 4):  # a 15-image split in batches of 4: its last batch of 3 would recompile
+        assert torch.equal(fn(torch.ones(batch, 2)), torch.full((batch, 2), 2.0))
+    assert recording_compile.calls == [[(4, 2)]] * 3 and fn.active and fn.first_call_seconds is not None
+
+
 def test_no_compile_calls_the_function_directly() -> None:
     fn = CompiledOrEager(lambda x: x + 1, "none")
     assert fn(1) == 2 and not fn.active and not fn.fell_back

@@ -193,6 +193,7 @@ class Schedule(L.Callback):
         self.recorder, self.bad, self.seen = recorder, bad, 0
         self.lrs: list[float] = []
         self.kl_weights: list[float] = []
+        self.draw_sums: list[tuple[float, float]] = []  # each step's flipped input and noise, summed
 
     def on_fit_start(self, trainer, pl_module):
         self.recorder.scale = torch.ones((), device=pl_module.device)
@@ -202,6 +203,10 @@ class Schedule(L.Callback):
         self.seen += 1
         self.lrs.append(trainer.optimizers[0].param_groups[0]["lr"])
         self.kl_weights.append(float(pl_module.objective.kl_weight))  # this syncs (test only)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        x, eps = self.recorder.x, self.recorder.eps  # this step's, also when a graph wrote them
+        self.draw_sums.append((float(x.double().sum()), float(eps.double().sum())))  # syncs (test only)
 
     def on_train_end(self, trainer, pl_module):
         """The final state, then (captured runs) two replays of one batch; here, because the
@@ -216,6 +221,11 @@ class Schedule(L.Callback):
                 self.draws.append((self.recorder.x.clone(), self.recorder.eps.clone()))
 
 
+def _largest_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, str]:
+    """The largest absolute difference between two state dicts' floating tensors, and where."""
+    return max(((a[k] - b[k]).abs().max().item(), k) for k in a if a[k].is_floating_point())
+
+
 SCHEDULERS = {
     # mode="max" on a falling loss: no epoch "improves", so the rate halves after each validation
     "plateau": partial(torch.optim.lr_scheduler.ReduceLROnPlateau, mode="max", patience=0, factor=0.5),
@@ -227,12 +237,14 @@ SCHEDULERS = {
 @pytest.mark.parametrize("scheduler", list(SCHEDULERS))
 def test_a_captured_step_trains_like_the_eager_one(scheduler) -> None:
     """On a GPU, 60 steps (5 epochs of 12) with BatchNorm, flips, a KL warm-up, a learning rate
-    that changes every epoch and one forced non-finite step: the step is really captured, and it
-    ends with the eager run's weights, buffers and skip count (same seed, same batches)."""
+    that changes every epoch and one forced non-finite step: the step is really captured, draws
+    the eager run's flips and noise at every step, and ends with the eager run's weights, buffers
+    and skip count (same seed, same batches) as closely as two eager runs agree with each other
+    (cuDNN's weight gradients may sum in any order, and Adam amplifies such differences)."""
     from resvae.models.capture import GraphedClosure
 
-    results = []
-    for capture in ("none", "cuda_graph"):
+    runs = []
+    for capture in ("none", "none", "cuda_graph"):
         torch.manual_seed(0)
         model = python_bound_vae(kl_warmup_steps=30, scheduler=SCHEDULERS[scheduler], capture=capture)
         schedule = Schedule(Recorder(model), bad=17)
@@ -245,9 +257,18 @@ def test_a_captured_step_trains_like_the_eager_one(scheduler) -> None:
         assert len(set(schedule.lrs)) >= 3, schedule.lrs  # the rate changed, and the graph followed
         assert schedule.kl_weights[0] < schedule.kl_weights[20] < schedule.kl_weights[-1] == 1.0
         assert all(torch.isfinite(v).all() for k, v in schedule.state.items() if "running_" in k)
-        results.append(schedule.state)
-    for key, value in results[0].items():
-        torch.testing.assert_close(results[1][key], value, rtol=1e-3, atol=1e-4, msg=key)
+        runs.append(schedule)
+    eager, again, captured = runs
+    differ = [i for i, (a, b) in enumerate(zip(eager.draw_sums, captured.draw_sums)) if a != b]
+    assert not differ, (
+        f"steps {differ[:5]} (of 60): the captured step flipped other images or drew other noise "
+        f"than the eager one (sums {eager.draw_sums[differ[0]]} vs {captured.draw_sums[differ[0]]})"
+    )
+    floor, gap = (
+        _largest_difference(eager.state, again.state),
+        _largest_difference(eager.state, captured.state),
+    )
+    assert gap[0] <= max(4 * floor[0], 1e-4), f"captured vs eager: {gap}; eager vs eager: {floor}"
     (x1, eps1), (x2, eps2) = schedule.draws  # the captured run's two replays of one batch
     assert not torch.equal(x1, x2), "the replays flipped the same images"
     assert not torch.equal(eps1, eps2), "the replays drew the same noise"

@@ -8,6 +8,7 @@ from collections import namedtuple
 from functools import partial
 from pathlib import Path
 
+import lightning as L
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
@@ -299,3 +300,18 @@ def test_a_key_added_later_at_null_keeps_an_older_run_the_same_run() -> None:
     changed = {**new, "conv_precision": "tf32"}  # set on purpose: another run
     assert config_hash(without_new_nulls(old, changed)) != config_hash(old)
     assert without_new_nulls(new, new) == new  # nothing dropped that the old config has
+
+
+@pytest.mark.gpu
+def test_a_gpu_runs_summary_names_the_gpu_and_its_peak_memory(tmp_path: Path) -> None:
+    """The final summary is written in on_fit_end, after Lightning's teardown has moved the module
+    back to the CPU (an H200 run said "device": "cpu" and no peak memory before this was fixed)."""
+    model = VAE(arch=ArchConfig(depth=28, width=2, latent_dim=4), optimizer=partial(torch.optim.Adam))
+    run = Run(tmp_path, {}, last_checkpoint=tmp_path / "last.ckpt")
+    trainer = L.Trainer(
+        accelerator="gpu", devices=1, max_epochs=1, logger=False, enable_checkpointing=False,
+        enable_progress_bar=False, callbacks=[RunSummary(run)], default_root_dir=tmp_path,
+    )  # fmt: skip
+    trainer.fit(model, datamodule=SyntheticDataModule(train_size=8, test_size=4, batch_size=4, val_size=4))
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["device"] == torch.cuda.get_device_name(0) and summary["peak_memory_gib"] > 0

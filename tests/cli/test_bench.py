@@ -196,6 +196,24 @@ def test_an_unknown_acceptance_case_is_one_line_naming_the_cases(capsys) -> None
     assert err[0].startswith("resvae-bench: error: --cases: no case 'vae d29 b25'; the cases are ")
 
 
+def test_a_failing_gpu_equality_test_is_reported_with_its_assertions(monkeypatch) -> None:
+    out = (
+        "..F\n/repo/tests/models/test_step.py:268: AssertionError: captured vs eager: (0.01, 'w')\n"
+        "FAILED tests/models/test_step.py::test_a_captured_step_trains_like_the_eager_one[plateau]\n"
+        "1 failed, 2 passed, 5 deselected in 14.44s\n"
+    )
+    done = subprocess.CompletedProcess([], returncode=1, stdout=out, stderr="")
+    monkeypatch.setattr(acceptance.subprocess, "run", lambda *a, **k: done)
+    check = acceptance.equality_test(timeout_s=10)
+    assert check["status"] == "FAIL" and check["measured"] == "1 failed, 2 passed, 5 deselected in 14.44s"
+    assert check["failures"] == [
+        "/repo/tests/models/test_step.py:268: AssertionError: captured vs eager: (0.01, 'w')",
+        "FAILED tests/models/test_step.py::test_a_captured_step_trains_like_the_eager_one[plateau]",
+    ]
+    table = acceptance.format_acceptance({"acceptance": [check], "gpu": True, "seconds": 1.0})
+    assert "captured vs eager: (0.01, 'w')" in table
+
+
 def test_an_old_lightning_is_refused_in_one_line(monkeypatch, capsys) -> None:
     assert acceptance.lightning_problem("2.6.0") is None and acceptance.lightning_problem("3.0.1") is None
     monkeypatch.setattr(L, "__version__", "2.5.3")

@@ -113,7 +113,7 @@ def equality_test(timeout_s: float) -> dict[str, Any]:
     if not (REPO / "tests" / "models" / "test_step.py").is_file():
         return {**check, "status": "not run (tests/ not found: run from the source checkout)"}
     command = [sys.executable, "-m", "pytest", "tests/models/test_step.py", "-m", "gpu", "-q", "-rs"]
-    command += ["-o", "addopts=", "-p", "no:cacheprovider"]  # one process; no xdist needed
+    command += ["--tb=line", "-o", "addopts=", "-p", "no:cacheprovider"]  # one process; no xdist needed
     try:
         proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -122,6 +122,10 @@ def equality_test(timeout_s: float) -> dict[str, Any]:
     last = lines[-1].strip("= ") if lines else proc.stderr.strip()[-200:]
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", last)}
     check["measured"] = last
+    # the failing tests and their assertion lines, so that the report says why without a rerun
+    failures = [line for line in lines if line.startswith("FAILED") or re.match(r"\S+:\d+: \w+: ", line)]
+    if failures:
+        check["failures"] = failures[:20]
     if "No module named pytest" in proc.stderr:
         return {**check, "status": "not run (pytest is not installed)"}
     if proc.returncode not in (0, 5) or counts.get("failed") or counts.get("error") or counts.get("errors"):
@@ -208,6 +212,8 @@ def format_acceptance(report: dict[str, Any]) -> str:
             r["status"],
         )
         lines.append("| " + " | ".join("" if c is None else str(c) for c in cells) + " |")
+    for r in report["acceptance"]:
+        lines += [f"  {r['check']}: {failure}" for failure in r.get("failures", [])]
     if not report["gpu"]:
         lines.append(f"\ntiny CPU version (width 2, 8x8 images, batch {TINY_BATCH}): GPU rows not run")
     lines.append(f"acceptance took {report['seconds']:.0f} s")

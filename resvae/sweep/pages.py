@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import html
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import quote
 
@@ -62,14 +63,21 @@ def varied_line(params: Sequence[Param], code: str = "") -> str:
     return "Varied: " + "; ".join(named) + "." if named else ""
 
 
-def markdown_report(
-    sweep_dir: Path,
-    runs: Sequence[RunRecord],
-    rows: Sequence[Row],
-    plots: Sequence[Path],
-    params: Sequence[Param] = (),
-) -> str:
+@dataclass(frozen=True)
+class SweepPages:
+    """What both pages show: the sweep folder's runs, the table rows, the plots written into the
+    folder and the parameters the sweep varied."""
+
+    sweep_dir: Path
+    runs: Sequence[RunRecord]
+    rows: Sequence[Row]
+    plots: Sequence[Path]
+    params: Sequence[Param] = ()
+
+
+def markdown_report(pages: SweepPages) -> str:
     """report.md: the counts, the table, the plots and the failed and broken runs."""
+    sweep_dir, runs, rows, plots, params = pages.sweep_dir, pages.runs, pages.rows, pages.plots, pages.params
     title = f"# Sweep report: {sweep_name(sweep_dir)}"
     lines = [title, "", status_counts(runs), ""]
     if params:
@@ -84,14 +92,9 @@ def markdown_report(
     return "\n".join(lines)
 
 
-def html_report(
-    sweep_dir: Path,
-    runs: Sequence[RunRecord],
-    rows: Sequence[Row],
-    plots: Sequence[Path],
-    params: Sequence[Param] = (),
-) -> str:
+def html_report(pages: SweepPages) -> str:
     """report.html: what report.md has, then a section per run with its image grids."""
+    sweep_dir, runs, rows, plots, params = pages.sweep_dir, pages.runs, pages.rows, pages.plots, pages.params
     e = html.escape
     anchors = {run.name: f"run-{i}" for i, run in enumerate(runs)}
     columns = table_columns(params)

@@ -33,7 +33,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from resvae.run.io import atomic_write
-from resvae.sweep.pages import html_report, markdown_report
+from resvae.sweep.pages import SweepPages, html_report, markdown_report
 from resvae.sweep.plots import write_plots
 from resvae.sweep.runs import RunRecord, collect_runs, read_curves, sweep_name
 from resvae.sweep.tables import Row, csv_fields, csv_text, csv_values, markdown_table, table_rows
@@ -50,9 +50,10 @@ def write_report(sweep_dir: str | Path) -> Path:
     HTML page's path. Each file is replaced atomically (written next to it, then renamed)."""
     sweep_dir = Path(sweep_dir)
     runs, params, rows, plots = _read_and_plot(sweep_dir)
-    _write_text(sweep_dir / "report.md", markdown_report(sweep_dir, runs, rows, plots, params))
+    pages = SweepPages(sweep_dir, runs, rows, plots, params)
+    _write_text(sweep_dir / "report.md", markdown_report(pages))
     _write_text(sweep_dir / "report.csv", csv_text(rows, params))
-    return _write_text(sweep_dir / "report.html", html_report(sweep_dir, runs, rows, plots, params))
+    return _write_text(sweep_dir / "report.html", html_report(pages))
 
 
 def _read_and_plot(sweep_dir: Path) -> tuple[list[RunRecord], list[Param], list[Row], list[Path]]:

@@ -18,7 +18,7 @@ from resvae.nn import ArchConfig
 from tests.helpers.models import cpu_trainer
 
 
-def python_bound_vae(kl_warmup_steps: int = 0, scheduler=None, **train_step) -> VAE:
+def python_bound_vae(kl_warmup_steps: int = 0, scheduler=None, optimizer=None, **train_step) -> VAE:
     """The size the host-overhead targets are measured at: image 8x8, width 2."""
     torch.manual_seed(0)
     return VAE(
@@ -28,7 +28,7 @@ def python_bound_vae(kl_warmup_steps: int = 0, scheduler=None, **train_step) -> 
         likelihood="logistic_mixture",
         n_mix=2,
         kl_warmup_steps=kl_warmup_steps,
-        optimizer=partial(torch.optim.Adam, lr=1e-3),
+        optimizer=optimizer or partial(torch.optim.Adam, lr=1e-3),
         scheduler=scheduler,
         train_step=train_step or None,
     )
@@ -197,6 +197,7 @@ class Schedule(L.Callback):
 
     def on_fit_start(self, trainer, pl_module):
         self.recorder.scale = torch.ones((), device=pl_module.device)
+        self.initial = {k: v.detach().cpu().clone() for k, v in pl_module.state_dict().items()}
 
     def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
         self.recorder.scale.fill_(float("nan") if self.seen == self.bad else 1.0)
@@ -221,9 +222,43 @@ class Schedule(L.Callback):
                 self.draws.append((self.recorder.x.clone(), self.recorder.eps.clone()))
 
 
-def _largest_difference(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> tuple[float, str]:
-    """The largest absolute difference between two state dicts' floating tensors, and where."""
-    return max(((a[k] - b[k]).abs().max().item(), k) for k in a if a[k].is_floating_point())
+def update_mismatch(eager: Schedule, other: Schedule) -> tuple[float, str]:
+    """How far two runs' updates of the network's weights (final minus initial) differ, relative to
+    the eager run's: |other - eager| / |eager| over all weights, and the tensor that differs most.
+    Scale-free: float rounding gives about 1e-6, a wrong update (a stale input, a lost step, other
+    noise) about 1."""
+    keys = [
+        k for k, v in eager.initial.items()
+        if k.startswith("objective.net.") and "running_" not in k and v.is_floating_point()
+    ]  # fmt: skip  # the weights only: no counters, sums or BatchNorm statistics
+    moved = {k: eager.state[k] - eager.initial[k] for k in keys}
+    gaps = {k: other.state[k] - other.initial[k] - moved[k] for k in keys}
+    total = torch.cat([g.flatten() for g in gaps.values()]).norm()
+    scale = torch.cat([m.flatten() for m in moved.values()]).norm()
+    return (total / scale).item(), max(keys, key=lambda k: gaps[k].norm().item())
+
+
+def train_recorded(capture: str, scheduler: str, accelerator: str = "gpu") -> tuple[VAE, Schedule]:
+    """60 steps (5 epochs of 12) with BatchNorm, flips, a KL warm-up, a learning rate that changes
+    every epoch and one forced non-finite step, under SGD with momentum: linear in the gradients,
+    so float rounding stays rounding (Adam's normalised first steps turn a rounding difference of
+    a near-zero gradient into a whole step of the learning rate)."""
+    torch.manual_seed(0)
+    model = python_bound_vae(
+        kl_warmup_steps=30, scheduler=SCHEDULERS[scheduler], capture=capture,
+        optimizer=partial(torch.optim.SGD, lr=1e-5, momentum=0.9),
+    )  # fmt: skip
+    schedule = Schedule(Recorder(model), bad=17)
+    trainer = gpu_trainer(
+        max_epochs=5,
+        limit_train_batches=12,
+        limit_val_batches=1,
+        callbacks=[schedule],
+        accelerator=accelerator,
+    )
+    # batches of 16: two replays flip the same images with probability 2**-16
+    trainer.fit(model, datamodule=tiny_data(flip=True, batch_size=16, train_size=224, val_size=32))
+    return model, schedule
 
 
 SCHEDULERS = {
@@ -236,21 +271,14 @@ SCHEDULERS = {
 @pytest.mark.gpu
 @pytest.mark.parametrize("scheduler", list(SCHEDULERS))
 def test_a_captured_step_trains_like_the_eager_one(scheduler) -> None:
-    """On a GPU, 60 steps (5 epochs of 12) with BatchNorm, flips, a KL warm-up, a learning rate
-    that changes every epoch and one forced non-finite step: the step is really captured, draws
-    the eager run's flips and noise at every step, and ends with the eager run's weights, buffers
-    and skip count (same seed, same batches) as closely as two eager runs agree with each other
-    (cuDNN's weight gradients may sum in any order, and Adam amplifies such differences)."""
+    """On a GPU: the step is really captured, draws the eager run's flips and noise at every
+    step, follows the learning rate and the KL weight, skips the same step, and makes the eager
+    run's updates (same seed, same batches) up to float rounding."""
     from resvae.models.capture import GraphedClosure
 
     runs = []
     for capture in ("none", "none", "cuda_graph"):
-        torch.manual_seed(0)
-        model = python_bound_vae(kl_warmup_steps=30, scheduler=SCHEDULERS[scheduler], capture=capture)
-        schedule = Schedule(Recorder(model), bad=17)
-        trainer = gpu_trainer(max_epochs=5, limit_train_batches=12, limit_val_batches=1, callbacks=[schedule])
-        # batches of 16: two replays flip the same images with probability 2**-16
-        trainer.fit(model, datamodule=tiny_data(flip=True, batch_size=16, train_size=224, val_size=32))
+        model, schedule = train_recorded(capture, scheduler)
         assert model.step.flip and len(schedule.lrs) == 60
         assert isinstance(model.step.graphed, GraphedClosure) is (capture == "cuda_graph"), "not captured"
         assert int(model.step.skipped) == 1 and int(model.step.consecutive) == 0
@@ -264,11 +292,14 @@ def test_a_captured_step_trains_like_the_eager_one(scheduler) -> None:
         f"steps {differ[:5]} (of 60): the captured step flipped other images or drew other noise "
         f"than the eager one (sums {eager.draw_sums[differ[0]]} vs {captured.draw_sums[differ[0]]})"
     )
-    floor, gap = (
-        _largest_difference(eager.state, again.state),
-        _largest_difference(eager.state, captured.state),
-    )
-    assert gap[0] <= max(4 * floor[0], 1e-4), f"captured vs eager: {gap}; eager vs eager: {floor}"
+    floor, gap = update_mismatch(eager, again), update_mismatch(eager, captured)
+    assert gap[0] <= max(10 * floor[0], 1e-3), f"captured vs eager updates: {gap}; eager vs eager: {floor}"
+    for key, value in eager.state.items():
+        if "running_" in key:  # BatchNorm's statistics: averages, not chaotic
+            torch.testing.assert_close(
+                captured.state[key], value, rtol=1e-3, atol=1e-5, msg=lambda m, key=key: f"{key}: {m}"
+            )
+    schedule = captured
     (x1, eps1), (x2, eps2) = schedule.draws  # the captured run's two replays of one batch
     assert not torch.equal(x1, x2), "the replays flipped the same images"
     assert not torch.equal(eps1, eps2), "the replays drew the same noise"

@@ -102,6 +102,7 @@ def figures(timing: dict[str, Any], summary: dict[str, Any], val_images: int) ->
         "img_s": img_s,
         "ms_step": 1e3 * seconds / timing["window_steps"],
         "warmup_s": timing.get("warmup_seconds"),
+        "compile_eval_s": summary.get("compile_eval_first_call_seconds"),  # validation's, apart
         "peak_mem_gib": summary.get("peak_memory_gib"),
         "epoch_50k_s": epoch,
         "val_fraction": boundary / epoch,

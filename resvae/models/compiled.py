@@ -7,10 +7,10 @@ runs and benchmarks can report compile time apart from steady-state speed. A com
 one log line before its first call (it can take minutes, e.g. reduce-overhead on a CPU).
 
 Compiled code serves the tensor shapes of its first call; a call with other shapes (validation's
-last, smaller batch) runs eagerly: torch.compile would recompile for it, with dynamic shapes,
-which can take as long as the first compile (a depth-100 network's first validation on an H200
-took 79.7 s, 32.5 s of it the logged compile, while the next took 1.7 s), and reduce-overhead
-would record another CUDA graph.
+last, smaller batch) runs eagerly: torch.compile would recompile for it (as a dynamic shape) and
+reduce-overhead would record another CUDA graph, each a cost of the order of the first compile
+for one small batch. (A depth-100 network's first validation on an H200 took 79.7 s, 32.5 s of
+it the logged compile, with a last batch of another size; the next took 1.7 s.)
 
 `auto` (for validation's forward) is reduce-overhead on CUDA and none elsewhere: a CUDA graph of
 the forward pays off on a GPU, while on a CPU the compile costs minutes and gains little.

@@ -171,7 +171,8 @@ BOILERPLATE_WARNINGS = (
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",  # torch's deprecation, raised inside Lightning
     r".*is smaller than the logging interval.*",  # short epochs: the per-epoch metrics are logged anyway
     # torch.compile's advice under matmul_precision=highest, which a run only has when it asked for
-    # IEEE float32 (the study's protocol); seen in every compiled validation on an H200
+    # IEEE float32 (the study's protocol); a warning in every compiled validation with torch 2.11
+    # on an H200 (later versions log it at info level instead)
     r".*TensorFloat32 tensor cores for float32 matrix multiplication available but not enabled.*",
 )
 

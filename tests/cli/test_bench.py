@@ -182,8 +182,11 @@ def test_acceptance_runs_the_chosen_cases_and_keeps_the_real_loops_folders(tmp_p
     targets = {r["case"]: r["status"] for r in report["acceptance"] if r.get("case")}
     assert targets["vae d28 b25"] == "not run (lightning-captured: no CUDA)"
     assert targets["keras2018 d28 b25"] == targets["depth_sweep d100 b1024"] == "not run (--cases)"
+    checks = {r["check"]: r["status"] for r in report["acceptance"] if not r.get("case")}
+    assert checks[acceptance.EQUALITY_CHECK] == "not run (--cases without 'equality')"
     (summary,) = runs.glob("real-*/**/summary.json")  # the one real loop that runs on a CPU
-    assert json.loads(summary.read_text())["status"] == "finished"
+    record = json.loads(summary.read_text())
+    assert record["status"] == "finished" and record["compile_eval_first_call_seconds"] is None
     assert (summary.parent / "train.log").is_file() and (summary.parent / "metrics.csv").is_file()
     printed = [line for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [json.loads(line)["loop"] for line in printed] == list(acceptance.CASES[0].loops)
@@ -194,22 +197,31 @@ def test_an_unknown_acceptance_case_is_one_line_naming_the_cases(capsys) -> None
         main(["--acceptance", "--device", "cpu", "--cases", "vae d29 b25"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and len(err) == 1
+    assert "'equality' (the captured-vs-eager test)" in err[0]
+    with pytest.raises(SystemExit) as exit_:
+        parse_args(["--cases", "vae"])  # a plain benchmark has no cases
+    assert exit_.value.code == 2 and "--cases needs --acceptance" in capsys.readouterr().err
     assert err[0].startswith("resvae-bench: error: --cases: no case 'vae d29 b25'; the cases are ")
 
 
 def test_a_failing_gpu_equality_test_is_reported_with_its_assertions(monkeypatch) -> None:
-    out = (
-        "..F\n/repo/tests/models/test_step.py:268: AssertionError: captured vs eager: (0.01, 'w')\n"
-        "FAILED tests/models/test_step.py::test_a_captured_step_trains_like_the_eager_one[plateau]\n"
-        "1 failed, 2 passed, 5 deselected in 14.44s\n"
+    out = (  # what pytest -q -rfEs --tb=line prints
+        "..FF\n/repo/tests/models/test_step.py:268: AssertionError: captured vs eager: (0.01, 'w')\n"
+        "/repo/tests/models/test_step.py:270: torch.OutOfMemoryError: CUDA out of memory\n"
+        "=========================== short test summary info ============================\n"
+        "FAILED tests/models/test_step.py::test_a_captured_step_trains_like_the_eager_one[plateau] - "
+        "AssertionError: captured vs eager: (...\n"
+        "2 failed, 2 passed, 5 deselected in 14.44s\n"
     )
     done = subprocess.CompletedProcess([], returncode=1, stdout=out, stderr="")
     monkeypatch.setattr(acceptance.subprocess, "run", lambda *a, **k: done)
     check = acceptance.equality_test(timeout_s=10)
-    assert check["status"] == "FAIL" and check["measured"] == "1 failed, 2 passed, 5 deselected in 14.44s"
+    assert check["status"] == "FAIL" and check["measured"] == "2 failed, 2 passed, 5 deselected in 14.44s"
     assert check["failures"] == [
         "/repo/tests/models/test_step.py:268: AssertionError: captured vs eager: (0.01, 'w')",
-        "FAILED tests/models/test_step.py::test_a_captured_step_trains_like_the_eager_one[plateau]",
+        "/repo/tests/models/test_step.py:270: torch.OutOfMemoryError: CUDA out of memory",
+        "FAILED tests/models/test_step.py::test_a_captured_step_trains_like_the_eager_one[plateau] - "
+        "AssertionError: captured vs eager: (...",
     ]
     table = acceptance.format_acceptance({"acceptance": [check], "gpu": True, "seconds": 1.0})
     assert "captured vs eager: (0.01, 'w')" in table

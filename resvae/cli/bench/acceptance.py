@@ -2,7 +2,8 @@
 
 1. Lightning >= 2.6 (the background checkpoint writer relies on it cloning tensors before it
    hands them to the writer thread); otherwise one line and exit 2.
-2. The captured-vs-eager equality test: `pytest tests/models/test_step.py -m gpu` in a subprocess.
+2. The captured-vs-eager equality test: `pytest tests/models/test_step.py -m gpu` in a subprocess
+   (with `--cases`, only when they name `equality`).
 3. The rows of CASES, then one table of TARGETS with the numbers beside them, each PASS, FAIL or
    not run (and why). Rows that would start after the time budget are not run.
 
@@ -35,6 +36,8 @@ DEPTH_SWEEP = ("experiment=depth_sweep",)  # the suite's sweep: bf16 on the GPU
 TINY = ("model.arch.width=2", "model.arch.image_size=8", "data.image_size=8")
 TINY_BATCH, TINY_STEPS, TINY_WARMUP, TINY_VAL = 4, 2, 1, 16
 REAL_AND_STEPS = ("bare", "step", "step-captured", "lightning-captured")
+EQUALITY = "equality"  # --cases name of the captured-vs-eager test
+EQUALITY_CHECK = "captured == eager (pytest tests/models/test_step.py -m gpu)"
 
 
 @dataclass(frozen=True)
@@ -109,10 +112,10 @@ def lightning_problem(version: str | None = None) -> str | None:
 
 def equality_test(timeout_s: float) -> dict[str, Any]:
     """`pytest tests/models/test_step.py -m gpu` (it skips without CUDA): PASS, FAIL or not run."""
-    check: dict[str, Any] = {"check": "captured == eager (pytest tests/models/test_step.py -m gpu)"}
+    check: dict[str, Any] = {"check": EQUALITY_CHECK}
     if not (REPO / "tests" / "models" / "test_step.py").is_file():
         return {**check, "status": "not run (tests/ not found: run from the source checkout)"}
-    command = [sys.executable, "-m", "pytest", "tests/models/test_step.py", "-m", "gpu", "-q", "-rs"]
+    command = [sys.executable, "-m", "pytest", "tests/models/test_step.py", "-m", "gpu", "-q", "-rfEs"]
     command += ["--tb=line", "-o", "addopts=", "-p", "no:cacheprovider"]  # one process; no xdist needed
     try:
         proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
@@ -123,7 +126,7 @@ def equality_test(timeout_s: float) -> dict[str, Any]:
     counts = {k: int(n) for n, k in re.findall(r"(\d+) (passed|failed|skipped|errors?)", last)}
     check["measured"] = last
     # the failing tests and their assertion lines, so that the report says why without a rerun
-    failures = [line for line in lines if line.startswith("FAILED") or re.match(r"\S+:\d+: \w+: ", line)]
+    failures = [line for line in lines if line.startswith("FAILED") or re.match(r"\S+:\d+: [\w.]+: ", line)]
     if failures:
         check["failures"] = failures[:20]
     if "No module named pytest" in proc.stderr:
@@ -142,12 +145,15 @@ def chosen(case: Case, names: list[str] | None) -> bool:
 
 def unknown_cases(names: list[str]) -> str | None:
     """One line naming the cases that exist, when a name in `names` is none of them."""
-    known = {c.name for c in CASES} | {c.label for c in CASES}
+    known = {c.name for c in CASES} | {c.label for c in CASES} | {EQUALITY}
     wrong = [n for n in names if n not in known]
     if not wrong:
         return None
     labels = ", ".join(repr(c.label) for c in CASES)
-    return f"--cases: no case {', '.join(map(repr, wrong))}; the cases are {labels} (or their names)"
+    return (
+        f"--cases: no case {', '.join(map(repr, wrong))}; the cases are {labels} (or their names) "
+        f"and {EQUALITY!r} (the captured-vs-eager test)"
+    )
 
 
 def run(
@@ -161,7 +167,10 @@ def run(
     budget = budget_s if budget_s is not None else (GPU_BUDGET_S if gpu else None)
     settings.deadline = None if budget is None else start + budget
     checks = [{"check": "Lightning >= 2.6", "measured": L.__version__, "status": "PASS"}]
-    checks.append(equality_test(timeout_s=300.0))
+    if not cases or EQUALITY in cases:
+        checks.append(equality_test(timeout_s=300.0))
+    else:
+        checks.append({"check": EQUALITY_CHECK, "status": f"not run (--cases without {EQUALITY!r})"})
     rows = []
     for case in (c for c in CASES if chosen(c, cases)):
         overrides = [*case.overrides, *(() if gpu else TINY), *extra]

@@ -60,7 +60,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument(
         "--cases", nargs="+", metavar="CASE",
-        help="--acceptance: only these cases, by name (vae, keras2018) or label ('vae d28 b25')",
+        help="--acceptance: only these cases, by name (vae, keras2018) or label ('vae d28 b25'); "
+        "'equality' for the captured-vs-eager test",
     )  # fmt: skip
     p.add_argument(
         "--keep-runs", type=Path, metavar="DIR",
@@ -73,6 +74,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     positive = [args.steps, args.warmup, args.val_images, args.threads, args.repeat, *(args.batch or [])]
     if any(v is not None and v < 1 for v in positive):
         p.error("--steps, --warmup, --val-images, --threads, --repeat and --batch must be >= 1")
+    if args.cases and not args.acceptance:
+        p.error("--cases needs --acceptance")
+    if args.keep_runs and args.keep_runs.exists() and not args.keep_runs.is_dir():
+        p.error(f"--keep-runs {args.keep_runs}: not a folder")
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda: no CUDA device is visible")
     return args

@@ -59,9 +59,7 @@ def test_acceptance_on_a_cpu_runs_a_tiny_version_and_marks_gpu_rows_not_run(tmp_
     report = json.loads(out.read_text())
     status = {(r["check"], r.get("case")): r["status"] for r in report["acceptance"]}
     assert status[("Lightning >= 2.6", None)] == "PASS"
-    assert (
-        status[("captured == eager (pytest tests/models/test_step.py -m gpu)", None)] == "not run (no CUDA)"
-    )
+    assert status[(acceptance.GPU_TESTS_CHECK, None)] == "not run (no CUDA)"
     targets = [r for r in report["acceptance"] if r.get("case")]
     assert len(targets) == len(acceptance.TARGETS) == 9
     assert all(r["status"] == "not run (lightning-captured: no CUDA)" for r in targets)
@@ -183,7 +181,7 @@ def test_acceptance_runs_the_chosen_cases_and_keeps_the_real_loops_folders(tmp_p
     assert targets["vae d28 b25"] == "not run (lightning-captured: no CUDA)"
     assert targets["keras2018 d28 b25"] == targets["depth_sweep d100 b1024"] == "not run (--cases)"
     checks = {r["check"]: r["status"] for r in report["acceptance"] if not r.get("case")}
-    assert checks[acceptance.EQUALITY_CHECK] == "not run (--cases without 'equality')"
+    assert checks[acceptance.GPU_TESTS_CHECK] == "not run (--cases without 'gpu-tests')"
     (summary,) = runs.glob("real-*/**/summary.json")  # the one real loop that runs on a CPU
     record = json.loads(summary.read_text())
     assert record["status"] == "finished" and record["compile_eval_first_call_seconds"] is None
@@ -197,14 +195,14 @@ def test_an_unknown_acceptance_case_is_one_line_naming_the_cases(capsys) -> None
         main(["--acceptance", "--device", "cpu", "--cases", "vae d29 b25"])
     err = capsys.readouterr().err.strip().splitlines()
     assert exit_.value.code == 2 and len(err) == 1
-    assert "'equality' (the captured-vs-eager test)" in err[0]
+    assert "'gpu-tests' (the GPU tests)" in err[0]
     with pytest.raises(SystemExit) as exit_:
         parse_args(["--cases", "vae"])  # a plain benchmark has no cases
     assert exit_.value.code == 2 and "--cases needs --acceptance" in capsys.readouterr().err
     assert err[0].startswith("resvae-bench: error: --cases: no case 'vae d29 b25'; the cases are ")
 
 
-def test_a_failing_gpu_equality_test_is_reported_with_its_assertions(monkeypatch) -> None:
+def test_failing_gpu_tests_are_reported_with_their_assertions(monkeypatch) -> None:
     out = (  # what pytest -q -rfEs --tb=line prints
         "..FF\n/repo/tests/models/test_step.py:268: AssertionError: captured vs eager: (0.01, 'w')\n"
         "/repo/tests/models/test_step.py:270: torch.OutOfMemoryError: CUDA out of memory\n"
@@ -215,7 +213,7 @@ def test_a_failing_gpu_equality_test_is_reported_with_its_assertions(monkeypatch
     )
     done = subprocess.CompletedProcess([], returncode=1, stdout=out, stderr="")
     monkeypatch.setattr(acceptance.subprocess, "run", lambda *a, **k: done)
-    check = acceptance.equality_test(timeout_s=10)
+    check = acceptance.gpu_tests(timeout_s=10)
     assert check["status"] == "FAIL" and check["measured"] == "2 failed, 2 passed, 5 deselected in 14.44s"
     assert check["failures"] == [
         "/repo/tests/models/test_step.py:268: AssertionError: captured vs eager: (0.01, 'w')",

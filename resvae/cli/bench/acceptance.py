@@ -2,8 +2,8 @@
 
 1. Lightning >= 2.6 (the background checkpoint writer relies on it cloning tensors before it
    hands them to the writer thread); otherwise one line and exit 2.
-2. The captured-vs-eager equality test: `pytest tests/models/test_step.py -m gpu` in a subprocess
-   (with `--cases`, only when they name `equality`).
+2. The GPU tests (`pytest -m gpu` of GPU_TESTS: captured == eager, a GPU run's summary) in a
+   subprocess (with `--cases`, only when they name `gpu-tests`).
 3. The rows of CASES, then one table of TARGETS with the numbers beside them, each PASS, FAIL or
    not run (and why). Rows that would start after the time budget are not run.
 
@@ -36,8 +36,9 @@ DEPTH_SWEEP = ("experiment=depth_sweep",)  # the suite's sweep: bf16 on the GPU
 TINY = ("model.arch.width=2", "model.arch.image_size=8", "data.image_size=8")
 TINY_BATCH, TINY_STEPS, TINY_WARMUP, TINY_VAL = 4, 2, 1, 16
 REAL_AND_STEPS = ("bare", "step", "step-captured", "lightning-captured")
-EQUALITY = "equality"  # --cases name of the captured-vs-eager test
-EQUALITY_CHECK = "captured == eager (pytest tests/models/test_step.py -m gpu)"
+GPU_TESTS = ("tests/models/test_step.py", "tests/run/test_reliability.py")  # the modules with gpu tests
+GPU_TESTS_CASE = "gpu-tests"  # their --cases name
+GPU_TESTS_CHECK = f"GPU tests (pytest -m gpu {' '.join(GPU_TESTS)})"
 
 
 @dataclass(frozen=True)
@@ -110,12 +111,12 @@ def lightning_problem(version: str | None = None) -> str | None:
     )
 
 
-def equality_test(timeout_s: float) -> dict[str, Any]:
-    """`pytest tests/models/test_step.py -m gpu` (it skips without CUDA): PASS, FAIL or not run."""
-    check: dict[str, Any] = {"check": EQUALITY_CHECK}
-    if not (REPO / "tests" / "models" / "test_step.py").is_file():
+def gpu_tests(timeout_s: float) -> dict[str, Any]:
+    """`pytest -m gpu` of GPU_TESTS (they skip without CUDA): PASS, FAIL or not run."""
+    check: dict[str, Any] = {"check": GPU_TESTS_CHECK}
+    if not all((REPO / path).is_file() for path in GPU_TESTS):
         return {**check, "status": "not run (tests/ not found: run from the source checkout)"}
-    command = [sys.executable, "-m", "pytest", "tests/models/test_step.py", "-m", "gpu", "-q", "-rfEs"]
+    command = [sys.executable, "-m", "pytest", *GPU_TESTS, "-m", "gpu", "-q", "-rfEs"]
     command += ["--tb=line", "-o", "addopts=", "-p", "no:cacheprovider"]  # one process; no xdist needed
     try:
         proc = subprocess.run(command, cwd=REPO, capture_output=True, text=True, timeout=timeout_s)
@@ -145,14 +146,14 @@ def chosen(case: Case, names: list[str] | None) -> bool:
 
 def unknown_cases(names: list[str]) -> str | None:
     """One line naming the cases that exist, when a name in `names` is none of them."""
-    known = {c.name for c in CASES} | {c.label for c in CASES} | {EQUALITY}
+    known = {c.name for c in CASES} | {c.label for c in CASES} | {GPU_TESTS_CASE}
     wrong = [n for n in names if n not in known]
     if not wrong:
         return None
     labels = ", ".join(repr(c.label) for c in CASES)
     return (
         f"--cases: no case {', '.join(map(repr, wrong))}; the cases are {labels} (or their names) "
-        f"and {EQUALITY!r} (the captured-vs-eager test)"
+        f"and {GPU_TESTS_CASE!r} (the GPU tests)"
     )
 
 
@@ -167,10 +168,10 @@ def run(
     budget = budget_s if budget_s is not None else (GPU_BUDGET_S if gpu else None)
     settings.deadline = None if budget is None else start + budget
     checks = [{"check": "Lightning >= 2.6", "measured": L.__version__, "status": "PASS"}]
-    if not cases or EQUALITY in cases:
-        checks.append(equality_test(timeout_s=300.0))
+    if not cases or GPU_TESTS_CASE in cases:
+        checks.append(gpu_tests(timeout_s=300.0))
     else:
-        checks.append({"check": EQUALITY_CHECK, "status": f"not run (--cases without {EQUALITY!r})"})
+        checks.append({"check": GPU_TESTS_CHECK, "status": f"not run (--cases without {GPU_TESTS_CASE!r})"})
     rows = []
     for case in (c for c in CASES if chosen(c, cases)):
         overrides = [*case.overrides, *(() if gpu else TINY), *extra]

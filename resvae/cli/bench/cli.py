@@ -61,7 +61,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--cases", nargs="+", metavar="CASE",
         help="--acceptance: only these cases, by name (vae, keras2018) or label ('vae d28 b25'); "
-        "'equality' for the captured-vs-eager test",
+        "'gpu-tests' for the GPU tests",
     )  # fmt: skip
     p.add_argument(
         "--keep-runs", type=Path, metavar="DIR",

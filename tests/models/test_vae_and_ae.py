@@ -17,11 +17,13 @@ import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import ModelCheckpoint
 from torch.distributions import Normal, kl_divergence
+from torchmetrics.image import PeakSignalNoiseRatio, StructuralSimilarityIndexMeasure
 
 from resvae.data import SyntheticDataModule
 from resvae.models import AE, MODELS, VAE, NonFiniteTrainingError, StepOptions
 from resvae.models.base import build_optimizer
 from resvae.models.compiled import CompiledOrEager
+from resvae.models.evaluation import evaluate_batch
 from resvae.models.likelihoods import to_signed_unit
 from resvae.models.loading import load_model
 from resvae.models.objectives import AEObjective, VAEObjective, gaussian_kl
@@ -808,6 +810,13 @@ def test_validate_and_test_report_consistent_metrics():
     assert val["val/nonfinite_batches"] == 0
     assert val["val/loss"] == pytest.approx(val["val/recon"] + val["val/kl"], rel=1e-5)
     assert val["val/bpd"] == pytest.approx(val["val/loss"] / (3 * 32 * 32 * math.log(2)), rel=1e-5)
+    # image scores: torchmetrics' own modules over the validation's reconstructions
+    model.eval()  # as validation ran it
+    scored = evaluate_batch(model.objective, model.to_input(x))
+    model.train()
+    psnr, ssim = PeakSignalNoiseRatio(data_range=1.0), StructuralSimilarityIndexMeasure(data_range=1.0)
+    assert val["val/psnr"] == pytest.approx(psnr(scored.reconstruction, scored.target).item(), rel=1e-5)
+    assert val["val/ssim"] == pytest.approx(ssim(scored.reconstruction, scored.target).item(), rel=1e-5)
     test = trainer.test(model, dataloaders=Repeat(x, 2), verbose=False)[0]
     assert test["test/bpd"] == pytest.approx(test["test/loss"] / (3072 * math.log(2)), rel=1e-5)
     assert math.isfinite(test["test/nll_iw"])

@@ -171,6 +171,8 @@ class RunSummary(L.Callback):
             "likelihood": pl_module.likelihood.name,
             "bpd_is_likelihood": pl_module.bpd_is_likelihood,
             "params": pl_module.num_parameters,
+            # the trainer's device: on_fit_end runs after Lightning's teardown has moved the module
+            # back to the CPU, so the module's device would say "cpu" on a GPU run
             "device": _device_name(trainer.strategy.root_device),
             "precision": str(trainer.precision),
             "float32": effective_float32(),  # what float32 matmuls and convolutions ran as: ieee or tf32
@@ -216,8 +218,6 @@ class RunSummary(L.Callback):
         self.write(trainer, pl_module, status="running", error=None, started_at=_now())
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        # Lightning calls this after its teardown has moved the module back to the CPU: the
-        # device and its peak memory are the trainer's (strategy.root_device), not the module's
         # fit returned before max_epochs without an error: EarlyStopping (or another callback)
         # stopped it; Lightning's stopped_epoch cannot tell a stop at epoch 0 from no stop
         stopped_early = trainer.max_epochs not in (None, -1) and trainer.current_epoch < trainer.max_epochs

@@ -58,8 +58,10 @@ class CompiledOrEager:
         return self.compiled is not None
 
     def __call__(self, *args: Any) -> Any:
+        if self.compiled is None:
+            return self.eager(*args)
         shapes = [tuple(a.shape) for a in args if isinstance(a, torch.Tensor)]
-        if self.compiled is None or (self.shapes is not None and shapes != self.shapes):
+        if self.shapes is not None and shapes != self.shapes:
             return self.eager(*args)
         self.shapes = shapes
         if self.first_call_seconds is None:

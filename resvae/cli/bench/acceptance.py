@@ -172,13 +172,14 @@ def run(
         checks.append(gpu_tests(timeout_s=300.0))
     else:
         checks.append({"check": GPU_TESTS_CHECK, "status": f"not run (--cases without {GPU_TESTS_CASE!r})"})
+    selected = [c for c in CASES if chosen(c, cases)]
     rows = []
-    for case in (c for c in CASES if chosen(c, cases)):
+    for case in selected:
         overrides = [*case.overrides, *(() if gpu else TINY), *extra]
         batch = case.batch if gpu else TINY_BATCH
         n = steps or (case.steps if gpu else TINY_STEPS)
         rows += measure(overrides, case.depth, batch, case.loops, settings, case=case.label, steps=n)
-    labels = {c.label for c in CASES if chosen(c, cases)}
+    labels = {c.label for c in selected}
     results = [*checks, *(evaluate(t, rows) if t.case in labels else skipped(t) for t in TARGETS)]
     return {"acceptance": results, "rows": rows, "seconds": round(time.monotonic() - start, 1), "gpu": gpu}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -120,9 +121,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         fail(problem)
     if args.keep_runs:
         args.keep_runs.mkdir(parents=True, exist_ok=True)
-        _run(args, settings_for(args, args.keep_runs))
-        return
-    with tempfile.TemporaryDirectory(prefix="resvae-bench-") as workdir:  # the real loop's run folders
+    # the real loop's run folders: kept under --keep-runs, else in a folder removed at the end
+    folder = (
+        contextlib.nullcontext(args.keep_runs)
+        if args.keep_runs
+        else tempfile.TemporaryDirectory(prefix="resvae-bench-")
+    )
+    with folder as workdir:
         _run(args, settings_for(args, Path(workdir)))
 
 

@@ -195,6 +195,7 @@ class Schedule(L.Callback):
         self.lrs: list[float] = []
         self.kl_weights: list[float] = []
         self.draw_sums: list[tuple[float, float]] = []  # each step's flipped input and noise, summed
+        self.step_means: list[torch.Tensor] = []  # each step's loss terms and gradient norm
 
     def on_fit_start(self, trainer, pl_module):
         self.recorder.scale = torch.ones((), device=pl_module.device)
@@ -209,6 +210,12 @@ class Schedule(L.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         x, eps = self.recorder.x, self.recorder.eps  # this step's, also when a graph wrote them
         self.draw_sums.append((float(x.double().sum()), float(eps.double().sum())))  # syncs (test only)
+        # the step's batch means (DeviceMeans' sums grow by means * batch; reset at epoch ends)
+        sums, weight = pl_module.step.means.sums.detach().cpu(), float(pl_module.step.means.weight)
+        before, weight_before = (self._sums, self._weight) if batch_idx else (torch.zeros_like(sums), 0.0)
+        added = weight - weight_before
+        self.step_means.append((sums - before) / added if added else torch.full_like(sums, float("nan")))
+        self._sums, self._weight = sums.clone(), weight
 
     def on_train_end(self, trainer, pl_module):
         """The final state, then (captured runs) two replays of one batch; here, because the
@@ -272,6 +279,17 @@ def train_recorded(capture: str, scheduler: str, accelerator: str = "gpu") -> tu
     return model, schedule
 
 
+def first_step_apart(eager: Schedule, other: Schedule, names: tuple[str, ...], rtol: float = 1e-4) -> str:
+    """Where two runs' per-step loss terms and gradient norms first differ beyond rounding: tells a
+    wrong first gradient (step 0) from a drift that grows, when the final updates differ."""
+    for i, (a, b) in enumerate(zip(eager.step_means, other.step_means)):
+        apart = ~torch.isclose(a, b, rtol=rtol, atol=0.0, equal_nan=True)
+        if apart.any():
+            values = ", ".join(f"{n} {x:.7g} vs {y:.7g}" for n, x, y, d in zip(names, a, b, apart) if d)
+            return f"first apart at step {i} of {len(eager.step_means)}: {values}"
+    return "per-step loss terms and gradient norms agree at every step"
+
+
 SCHEDULERS = {
     # mode="max" on a falling loss: no epoch "improves", so the rate halves after each validation
     "plateau": partial(torch.optim.lr_scheduler.ReduceLROnPlateau, mode="max", patience=0, factor=0.5),
@@ -304,9 +322,10 @@ def test_a_captured_step_trains_like_the_eager_one(scheduler) -> None:
         f"than the eager one (sums {eager.draw_sums[differ[0]]} vs {captured.draw_sums[differ[0]]})"
     )
     floor, gap = update_mismatch(eager, again), update_mismatch(eager, captured)
+    first = first_step_apart(eager, captured, names=model.step.means.names)
     assert floor[0] < 1e-3 and floor[1] < 1e-2, f"two eager runs' updates differ: {floor}"
     assert gap[0] <= max(10 * floor[0], 1e-3) and gap[1] <= max(10 * floor[1], 1e-2), (
-        f"captured vs eager updates (all weights, worst tensor): {gap}; eager vs eager: {floor}"
+        f"captured vs eager updates (all weights, worst tensor): {gap}; eager vs eager: {floor}; {first}"
     )
     for key, value in eager.state.items():
         if "running_" in key:  # BatchNorm's statistics: averages, not chaotic

@@ -14,6 +14,11 @@ Recording follows PyTorch's whole-network capture recipe: a few warm-up closures
 stream (cuDNN autotuning, torch.compile), then capture with the gradients unset, so the graph
 allocates them and every replay overwrites them. The warm-up has side effects a real step must
 not have (BatchNorm statistics, metric sums, counters, random numbers): they are restored.
+
+The graph writes its gradients into the tensors it allocated, whatever `p.grad` says, so each
+call puts those tensors back into `p.grad` first: Lightning sets every `.grad` to None before
+each validation (`on_validation_model_zero_grad`), after which the optimizer saw no gradient and
+silently updated nothing for the rest of training (found on an H200: 12 of 60 test steps applied).
 """
 
 from __future__ import annotations
@@ -65,15 +70,23 @@ class GraphedClosure:
             with torch.cuda.graph(self.graph), autocast:
                 self.static_objective = step.closure(self.static_images)
             torch.cuda.synchronize()
+            self.grads = [p.grad for p in step.params]  # the graph's: every replay writes them
         finally:  # undo the side effects of the warm-up (a capture itself runs no kernel)
             for buffer, value in zip(buffers, saved):
                 buffer.copy_(value)
             torch.cuda.set_rng_state(rng)
 
+    def attach_grads(self) -> None:
+        """Make `p.grad` the graph's gradient tensors again where anything replaced or unset them."""
+        for p, grad in zip(self.step.params, self.grads):
+            if p.grad is not grad:
+                p.grad = grad
+
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self.attach_grads()
         if images.shape != self.static_images.shape:  # e.g. a last, smaller batch: run it eagerly
             self.step.optimizer.zero_grad(set_to_none=False)  # the graph's gradient buffers, zeroed
-            return self.step.closure(images)
+            return self.step.closure(images)  # its backward adds into them
         self.static_images.copy_(images)
         self.graph.replay()
         return self.static_objective

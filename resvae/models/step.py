@@ -125,6 +125,11 @@ class TrainStep(nn.Module):
         assert self._optimizer is not None, "call bind() first"
         return self._optimizer
 
+    @property
+    def params(self) -> list[torch.Tensor]:
+        """The parameters the optimizer updates (bound by bind())."""
+        return self._params
+
     def bind(
         self,
         forward_fn: ForwardFn,

@@ -12,27 +12,9 @@ import pytest
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from resvae.data import SyntheticDataModule
 from resvae.models import VAE
-from resvae.nn import ArchConfig
 from resvae.run.numerics import set_float32_precision
-from tests.helpers.models import cpu_trainer
-
-
-def python_bound_vae(kl_warmup_steps: int = 0, scheduler=None, optimizer=None, **train_step) -> VAE:
-    """The size the host-overhead targets are measured at: image 8x8, width 2."""
-    torch.manual_seed(0)
-    return VAE(
-        arch=ArchConfig(depth=28, width=2, latent_dim=4, image_size=8),
-        # not "gaussian": its torch.distributions.Normal.cdf validates its argument, a host sync
-        # that no CUDA graph can capture, and an error (not a skip) on a NaN
-        likelihood="logistic_mixture",
-        n_mix=2,
-        kl_warmup_steps=kl_warmup_steps,
-        optimizer=optimizer or partial(torch.optim.Adam, lr=1e-3),
-        scheduler=scheduler,
-        train_step=train_step or None,
-    )
+from tests.helpers.models import cpu_trainer, python_bound_vae, tiny_data
 
 
 def gpu_trainer(**kwargs) -> L.Trainer:
@@ -42,12 +24,6 @@ def gpu_trainer(**kwargs) -> L.Trainer:
             "enable_progress_bar": False, "enable_model_summary": False, "precision": "32-true", **kwargs,
         }
     )  # fmt: skip
-
-
-def tiny_data(**kwargs) -> SyntheticDataModule:
-    return SyntheticDataModule(
-        **{"train_size": 64, "test_size": 8, "image_size": 8, "batch_size": 2, "val_size": 8, **kwargs}
-    )
 
 
 class OpsOutside(TorchDispatchMode):

@@ -92,11 +92,16 @@ class LatentObjective(nn.Module):
         posterior mean, posterior log-variance)."""
         terms = self(x)
         values = torch.stack([getattr(terms, name).float() for name in self.metric_names], dim=1)
-        return values, self.decode_images(self.encode_mean(x)), terms.mu, terms.logvar
+        return values, self.decode_images(self.reconstruction_latent(x, terms)), terms.mu, terms.logvar
 
     def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
         """x -> the latent that represents it (posterior mean, or the code)."""
         raise NotImplementedError
+
+    def reconstruction_latent(self, x: torch.Tensor, terms: Terms) -> torch.Tensor:
+        """`encode_mean(x)`, or the same latent taken from `terms` (the forward of x) where the
+        forward already computed it: evaluation then skips a second encoder pass."""
+        return self.encode_mean(x)
 
     def latent_from_noise(self, eps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         """Standard-normal noise of the latent shape -> a latent to decode."""
@@ -189,6 +194,10 @@ class VAEObjective(KLObjective):
 
     def encode_mean(self, x: torch.Tensor) -> torch.Tensor:
         return self.posterior(x)[0]
+
+    def reconstruction_latent(self, x: torch.Tensor, terms: Terms) -> torch.Tensor:
+        assert terms.mu is not None  # set by every forward of a VAE
+        return terms.mu  # the posterior mean of x, as forward computed it (a hierarchy's is not)
 
     def latent_from_noise(self, eps: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
         return eps * temperature

@@ -18,7 +18,8 @@ not have (BatchNorm statistics, metric sums, counters, random numbers): they are
 The graph writes its gradients into the tensors it allocated, whatever `p.grad` says, so each
 call puts those tensors back into `p.grad` first: Lightning sets every `.grad` to None before
 each validation (`on_validation_model_zero_grad`), after which the optimizer saw no gradient and
-silently updated nothing for the rest of training (found on an H200: 12 of 60 test steps applied).
+silently updated nothing for the rest of training (the H200 equality test's gap; its cause was
+then reproduced on a CPU, tests/models/test_capture.py).
 """
 
 from __future__ import annotations
@@ -70,7 +71,8 @@ class GraphedClosure:
             with torch.cuda.graph(self.graph), autocast:
                 self.static_objective = step.closure(self.static_images)
             torch.cuda.synchronize()
-            self.grads = [p.grad for p in step.params]  # the graph's: every replay writes them
+            # the graph's gradient tensors (None for a parameter the closure does not use)
+            self.grads: list[torch.Tensor | None] = [p.grad for p in step.params]
         finally:  # undo the side effects of the warm-up (a capture itself runs no kernel)
             for buffer, value in zip(buffers, saved):
                 buffer.copy_(value)

@@ -172,6 +172,7 @@ class Schedule(L.Callback):
         self.kl_weights: list[float] = []
         self.draw_sums: list[tuple[float, float]] = []  # each step's flipped input and noise, summed
         self.step_means: list[torch.Tensor] = []  # each step's loss terms and gradient norm
+        self._sums, self._weight = torch.zeros(0), 0.0  # DeviceMeans' after the previous step
 
     def on_fit_start(self, trainer, pl_module):
         self.recorder.scale = torch.ones((), device=pl_module.device)

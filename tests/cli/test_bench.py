@@ -73,6 +73,8 @@ def test_acceptance_on_a_cpu_runs_a_tiny_version_and_marks_gpu_rows_not_run(tmp_
     keras = [r for r in rows if r["case"].startswith("keras2018")]
     assert keras and all(r["precision"] == "32-true" and r["math"] == "fp32" for r in keras)
     printed = capsys.readouterr().out
+    first = json.loads(next(line for line in printed.splitlines() if line.startswith("{")))
+    assert first["check"] == acceptance.GPU_TESTS_CHECK  # printed before the rows: a cut-off log keeps it
     assert "| check | case | measured | target | study GTX 1070 h / 1,000 epochs | status |" in printed
     assert "206 (79.27 h for 384 epochs)" in printed
 

@@ -13,6 +13,7 @@ on 8x8 images, batch 4, a few steps; the GPU rows and every target are "not run 
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -170,6 +171,7 @@ def run(
     checks = [{"check": "Lightning >= 2.6", "measured": L.__version__, "status": "PASS"}]
     if not cases or GPU_TESTS_CASE in cases:
         checks.append(gpu_tests(timeout_s=300.0))
+        print(json.dumps(checks[-1]), flush=True)  # now, as each row is: a log cut off later keeps it
     else:
         checks.append({"check": GPU_TESTS_CHECK, "status": f"not run (--cases without {GPU_TESTS_CASE!r})"})
     selected = [c for c in CASES if chosen(c, cases)]

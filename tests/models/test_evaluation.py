@@ -6,14 +6,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from resvae.models import AE, VAE
+from resvae.models import AE
 from resvae.models.hvae import HVAE
 from resvae.models.keras2018 import Keras2018VAE
 from resvae.nn import ArchConfig, Keras2018Config
 from resvae.nn.hvae import HVAEArchConfig
+from tests.helpers.models import python_bound_vae
 
 MODELS = {
-    "vae": lambda: VAE(arch=ArchConfig(depth=28, width=2, latent_dim=4, image_size=8), n_mix=2),
+    "vae": python_bound_vae,
     "ae": lambda: AE(arch=ArchConfig(depth=28, width=2, latent_dim=4, image_size=8), n_mix=2),
     "keras2018": lambda: Keras2018VAE(arch=Keras2018Config(width=2, head_units=16, latent_dim=4)),
     "hvae": lambda: HVAE(

@@ -238,7 +238,6 @@ def train_recorded(capture: str, scheduler: str, accelerator: str = "gpu") -> tu
     matmul, conv = torch.get_float32_matmul_precision(), torch.backends.cudnn.conv.fp32_precision
     set_float32_precision("highest")  # IEEE float32: TF32 rounding would differ between algorithms
     try:
-        torch.manual_seed(0)
         model = python_bound_vae(
             kl_warmup_steps=30, scheduler=SCHEDULERS[scheduler], capture=capture,
             optimizer=partial(torch.optim.SGD, lr=1e-5, momentum=0.9),

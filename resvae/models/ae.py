@@ -16,9 +16,9 @@ class AE(LatentModel):
         self,
         *,
         arch: Any,
+        code_momentum: float = 0.01,
         likelihood: str = "logistic_mixture",
         n_mix: int = 10,
-        code_momentum: float = 0.01,
         optimizer: OptimizerFactory | None = None,
         scheduler: SchedulerFactory | None = None,
         train_step: Mapping[str, Any] | None = None,
@@ -26,11 +26,8 @@ class AE(LatentModel):
         """code_momentum: rate of the running Gaussian fit of the codes that sample() draws from."""
         pixels = make_likelihood(likelihood, n_mix)
         net = arch.build(pixels.param_channels(arch.in_channels), code_multiplier=1)
+        objective = AEObjective(net, pixels, code_momentum)
         super().__init__(
-            objective=AEObjective(net, pixels, code_momentum),
-            arch=arch,
-            optimizer=optimizer,
-            scheduler=scheduler,
+            objective=objective, arch=arch, iw_samples=1, optimizer=optimizer, scheduler=scheduler,
             train_step=train_step,
-            iw_samples=1,
-        )
+        )  # fmt: skip

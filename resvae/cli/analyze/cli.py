@@ -117,6 +117,13 @@ def cmd_compare(args: argparse.Namespace, device: torch.device) -> list[Path]:
     return compare_sweep(args.sweep_dir, args.name, args.x, args.series)
 
 
+BN_REESTIMATE_HELP = (
+    "also re-estimate the BatchNorm running statistics on N training batches (of the run's "
+    "data.batch_size) for each network evaluated, intact and with blocks deleted, and report "
+    "both losses (BatchNorm drift vs damage)"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROGRAM, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -147,12 +154,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=int, default=5, help="random draws per k (default 5)")
     p.add_argument("--k-max", type=int, default=None, help="largest k (default: every deletable block)")
     p.add_argument("--batch", type=int, default=250, help="evaluation batch size")
-    p.add_argument(
-        "--bn-reestimate", type=int, default=None, metavar="N",
-        help="also re-estimate the BatchNorm running statistics on N training batches (of the run's "
-        "data.batch_size) for each network evaluated, intact and with blocks deleted, and report "
-        "both losses (BatchNorm drift vs damage)",
-    )  # fmt: skip
+    p.add_argument("--bn-reestimate", type=int, default=None, metavar="N", help=BN_REESTIMATE_HELP)
     p.set_defaults(run=cmd_lesion)
 
     p = sub.add_parser("gradients", help="per-block gradient norms of a checkpoint or a fresh init")

@@ -21,7 +21,6 @@ from __future__ import annotations
 import csv
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import lightning as L
 from lightning.pytorch.loggers import WandbLogger
@@ -90,6 +89,3 @@ class GradientFlow(L.Callback):
                 ]
             results.append({"label": path.stem.replace("_", " "), "blocks": rows})
         return write_gradients(results, folder, "gradient_flow", ("png",))[0]
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}

@@ -16,7 +16,7 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from resvae.run.config import config_dir, config_problem
+from resvae.run.config import config_dir
 
 # Hydra's flags that only print (help, the config, shell completion): no check, no run
 PRINTING_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc")
@@ -33,6 +33,8 @@ def cli() -> None:
     """The console script: a mistyped or renamed config key is one clear line (with the key it
     probably meant) before Hydra starts, rather than Hydra's advice to append it with '+'."""
     if not any(arg in PRINTING_FLAGS or arg.startswith("--cfg=") for arg in sys.argv[1:]):
+        from resvae.run.preflight import config_problem  # composes configs (and loads torch): not for --help
+
         problem = config_problem(sys.argv[1:])
         if problem:
             print(f"resvae-train: error: {problem}", file=sys.stderr)

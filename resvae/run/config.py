@@ -182,12 +182,4 @@ def register_resolvers() -> None:
             OmegaConf.register_new_resolver(name, fn)
 
 
-def config_problem(argv: Sequence[str]) -> str | None:
-    """A one-line message for the first problem of a command line's overrides, or None
-    (resvae/run/preflight.py)."""
-    from resvae.run.preflight import config_problem as check  # it composes configs: imported late
-
-    return check(argv)
-
-
 register_resolvers()

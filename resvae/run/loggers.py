@@ -52,14 +52,6 @@ class MetricsCSVLogger(Logger, L.Callback):
     def save_dir(self) -> str:
         return self._save_dir
 
-    @property
-    def root_dir(self) -> str:
-        return self._save_dir
-
-    @property
-    def log_dir(self) -> str:
-        return self._save_dir
-
     @rank_zero_only
     def log_hyperparams(self, params: Any, *args: Any, **kwargs: Any) -> None:
         """Hyperparameters are in .hydra/ and summary.json, not in a metrics table."""

@@ -17,7 +17,7 @@ from resvae.cli.bench import acceptance
 from resvae.cli.bench.common import VAL_IMAGES, resolve_device
 from resvae.cli.bench.suite import LOOPS, REAL_LOOPS, Settings, data_path_row, measure
 from resvae.cli.bench.table import format_table
-from resvae.run.config import config_problem
+from resvae.run.preflight import config_problem
 
 GPU_STEPS, CPU_STEPS = 500, 20  # timed steps by default
 GPU_WARMUP, CPU_WARMUP = 20, 3

@@ -21,7 +21,7 @@ import lightning as L
 import torch
 
 from resvae import metrics as keys
-from resvae.run.folder import Run, end_status
+from resvae.run.folder import Run, end_status, local_time
 from resvae.run.numerics import effective_float32
 
 
@@ -215,7 +215,7 @@ class RunSummary(L.Callback):
                 self.mirror({k: self.run.summary.get(k) for k in keys.DASHBOARD_FIELDS})
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        self.write(trainer, pl_module, status="running", error=None, started_at=_now())
+        self.write(trainer, pl_module, status="running", error=None, started_at=local_time())
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         # fit returned before max_epochs without an error: EarlyStopping (or another callback)
@@ -233,7 +233,7 @@ class RunSummary(L.Callback):
                     else "no epoch had a finite one, so there is no best.ckpt"
                 ),
             )
-        self.write(trainer, pl_module, **fields, finished_at=_now())
+        self.write(trainer, pl_module, **fields, finished_at=local_time())
 
     def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         tested = Path(trainer.ckpt_path).name if trainer.ckpt_path else None
@@ -247,7 +247,7 @@ class RunSummary(L.Callback):
             pl_module,
             status=end_status(exception),
             error=f"{type(exception).__name__}: {exception}",
-            finished_at=_now(),
+            finished_at=local_time(),
         )
 
 
@@ -256,10 +256,6 @@ def _has_best(trainer: L.Trainer) -> bool:
         c.monitor and c.best_model_path and Path(c.best_model_path).is_file()
         for c in trainer.checkpoint_callbacks
     )
-
-
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 
 
 def _checkpoint_seconds(trainer: L.Trainer) -> float:

@@ -198,7 +198,8 @@ class Run:
                 stale.get("pid"),
                 stale.get("host"),
             )
-        atomic_write_json(owner_path, {"pid": os.getpid(), "host": socket.gethostname(), "since": _now()})
+        owner = {"pid": os.getpid(), "host": socket.gethostname(), "since": local_time()}
+        atomic_write_json(owner_path, owner)
 
     def _read_previous_summary(self) -> dict[str, Any] | None:
         try:
@@ -391,5 +392,6 @@ def _read_json(path: Path) -> dict[str, Any]:
     return data if isinstance(data, dict) else {}
 
 
-def _now() -> str:
+def local_time() -> str:
+    """Now, as summary.json and the lock's owner file record it: 2026-12-04T16:44:23+0000."""
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")

@@ -209,10 +209,10 @@ class RunSummary(L.Callback):
         return data
 
     def write(self, trainer: L.Trainer, pl_module: L.LightningModule, **fields: Any) -> None:
-        if trainer.is_global_zero:
-            self.run.write_summary(**self._collect(trainer, pl_module), **fields)
-            if self.mirror is not None:
-                self.mirror({k: self.run.summary.get(k) for k in keys.DASHBOARD_FIELDS})
+        # every rank keeps the record (their decisions after fit follow it); rank 0 writes it
+        self.run.write_summary(**self._collect(trainer, pl_module), **fields)
+        if trainer.is_global_zero and self.mirror is not None:
+            self.mirror({k: self.run.summary.get(k) for k in keys.DASHBOARD_FIELDS})
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self.write(trainer, pl_module, status="running", error=None, started_at=local_time())

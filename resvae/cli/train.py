@@ -32,6 +32,10 @@ def main(cfg: DictConfig) -> float | None:
 def cli() -> None:
     """The console script: a mistyped or renamed config key is one clear line (with the key it
     probably meant) before Hydra starts, rather than Hydra's advice to append it with '+'."""
+    # Hydra's parser takes flags only before the overrides (`resvae-train depth=40 -m` is a usage
+    # error): -m moves to the front; it takes no value, so nothing else moves with it
+    multirun = [arg for arg in sys.argv[1:] if arg in ("-m", "--multirun")]
+    sys.argv[1:] = multirun + [arg for arg in sys.argv[1:] if arg not in multirun]
     if not any(arg in PRINTING_FLAGS or arg.startswith("--cfg=") for arg in sys.argv[1:]):
         from resvae.run.preflight import config_problem  # composes configs (and loads torch): not for --help
 

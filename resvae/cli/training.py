@@ -21,6 +21,7 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import LearningRateMonitor, RichProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.plugins.environments import SLURMEnvironment
+from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 
@@ -28,7 +29,7 @@ from resvae.callbacks import RNGState, RunSummary, RunTag
 from resvae.models import NonFiniteTrainingError
 from resvae.run import errors
 from resvae.run.checkpoints import AtomicCheckpointIO, BackgroundCheckpointIO, read_checkpoint
-from resvae.run.folder import Run, checkpoint_callbacks, git_commit, hashed_config
+from resvae.run.folder import Run, RunFolderError, checkpoint_callbacks, git_commit, hashed_config
 from resvae.run.io import atomic_write
 from resvae.run.loggers import MetricsCSVLogger, finish_wandb, quiet_boilerplate, wandb_summary_mirror
 from resvae.run.numerics import set_float32_precision
@@ -120,6 +121,7 @@ def train(cfg: DictConfig) -> float | None:
         Path(HydraConfig.get().runtime.output_dir), hashed_config(cfg, cfg.run.excludes),
         last_checkpoint=Path(latest.dirpath) / f"{latest.filename}{latest.FILE_EXTENSION}",
         resume=str(cfg.resume), test=cfg.test, max_epochs=cfg.trainer.max_epochs,
+        owner=rank_zero_only.rank == 0,  # DDP's other ranks rerun this command in the same folder
     ).open()  # fmt: skip
     exit_code, preempted = 1, False
     previous = {sig: signal.getsignal(signal.Signals[sig]) for sig in cfg.run.signals}
@@ -138,7 +140,6 @@ def train(cfg: DictConfig) -> float | None:
             )
             exit_code = 0
             return run.result()
-        save_config_record(cfg, run.folder)
         L.seed_everything(cfg.seed, workers=True)
         set_float32_precision(cfg.matmul_precision, cfg.get("conv_precision"))  # convolutions too
         loggers = make_loggers(cfg, run)  # before the model, so that a failing job shows in W&B
@@ -155,6 +156,8 @@ def train(cfg: DictConfig) -> float | None:
             cfg.trainer, callbacks=[*callbacks, *run_callbacks(cfg, run, loggers)], logger=loggers or False,
             plugins=plugins,
         )  # fmt: skip
+        if run.owner:  # once the attempt is built: a config that fails to build leaves the run's record
+            save_config_record(cfg, run.folder)
         if run.todo == "train":
             trainer.fit(model, datamodule=datamodule, ckpt_path=run.resume_from, weights_only=True)
             if run.summary.get("status") == "failed":  # diverged: RunSummary says how
@@ -205,7 +208,8 @@ def run_job(cfg: DictConfig) -> float | None:
     try:
         return train(cfg)
     except errors.USER_ERRORS as err:
-        errors.report(err, "resvae-train", Path(HydraConfig.get().runtime.output_dir))
+        refused = isinstance(err, RunFolderError)  # the folder holds another run, or is in use: no write
+        errors.report(err, "resvae-train", Path(HydraConfig.get().runtime.output_dir), not refused)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             return math.nan  # the sweep goes on; its report lists this job as failed
         raise SystemExit(2) from None

@@ -265,6 +265,7 @@ class LatentModel(L.LightningModule):
 
     def on_train_epoch_end(self) -> None:
         # reset after reading, not at epoch start: a run resumed mid-epoch keeps its partial sums
+        self._over_ranks(self.step.means)
         applied = float(self.step.means.weight)  # this syncs: once per epoch
         means = self.step.means.compute()
         self.log_dict({keys.of("train", k): v for k, v in means.items()})
@@ -297,7 +298,14 @@ class LatentModel(L.LightningModule):
         self.val_psnr.update(scored.reconstruction, scored.target)  # one MSE over the whole split
         self.val_ssim.update(scored.per_image["ssim"])
 
+    def _over_ranks(self, means: DeviceMeans) -> None:
+        """Under data parallelism each rank saw a shard: sum the ranks' running sums (this syncs),
+        so the logged means, the scheduler, checkpointing and summary.json see the whole split."""
+        if self.trainer.world_size > 1:
+            means.total(lambda t: self.trainer.strategy.reduce(t, reduce_op="sum"))
+
     def on_validation_epoch_end(self) -> None:
+        self._over_ranks(self.val_means)
         means = self.val_means.compute()
         metrics = {keys.of("val", k): v for k, v in means.items()}
         metrics[keys.VAL_BPD] = bits_per_dim(means["loss"], self.image_dims)
@@ -320,6 +328,7 @@ class LatentModel(L.LightningModule):
         self.test_means.add(scored.means(self.test_means.names), x.shape[0])
 
     def on_test_epoch_end(self) -> None:
+        self._over_ranks(self.test_means)
         means = self.test_means.compute()
         metrics = {keys.of("test", k): v for k, v in means.items()}
         metrics[keys.TEST_BPD] = bits_per_dim(means["loss"], self.image_dims)

@@ -69,6 +69,12 @@ class DeviceMeans(nn.Module):
         self.weight.zero_()
         self.nonfinite.zero_()
 
+    def total(self, add_up: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        """Replace the sums, weight and count by `add_up` of each: with a sum over data-parallel
+        ranks, every rank then holds the means of the whole split, not of its shard."""
+        for buffer in (self.sums, self.weight, self.nonfinite):
+            buffer.copy_(add_up(buffer.clone()))
+
 
 def supports_device_skip(optimizer: torch.optim.Optimizer) -> bool:
     """True for the fused optimizers that honour `found_inf` (the GradScaler protocol).

@@ -48,11 +48,14 @@ def _full_key(message: str) -> str | None:
     return None
 
 
-def report(error: BaseException, program: str, log_dir: Path | None) -> None:
+def report(error: BaseException, program: str, log_dir: Path | None, keep_traceback: bool = True) -> None:
     """Print `program: error: <one line>` to stderr; the traceback goes to the run's log files
-    (the file handlers Hydra's job logging set up), or to `log_dir/error.log` without them."""
+    (the file handlers Hydra's job logging set up), or to `log_dir/error.log` without them, unless
+    not `keep_traceback` (an attempt refused a folder it does not own: nothing is written there)."""
     text = "".join(traceback.format_exception(error))
     files = [h for h in logging.getLogger().handlers if isinstance(h, logging.FileHandler)]
+    if not keep_traceback:
+        files, log_dir = [], None
     for handler in files:
         handler.handle(
             logging.makeLogRecord(

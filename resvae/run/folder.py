@@ -129,6 +129,10 @@ class Run:
 
     `todo` is "train" (fit, then test if asked), "test" (training finished earlier, the test
     has not run) or "nothing"; `resume_from` the checkpoint fit continues from.
+
+    `owner=False` is for the other processes of one job (DDP ranks above 0, which Lightning
+    starts with the same command and folder): they read the folder to reach rank 0's decision,
+    and take no lock and write nothing there; rank 0 owns the folder and its records.
     """
 
     def __init__(
@@ -140,6 +144,7 @@ class Run:
         resume: str = "auto",
         test: bool = True,
         max_epochs: int | None = None,
+        owner: bool = True,
     ) -> None:
         """last_checkpoint: the path of the checkpoint callback that keeps the newest state."""
         self.folder = folder
@@ -148,6 +153,7 @@ class Run:
         self.checkpoint_dir = last_checkpoint.parent
         self.last_checkpoint = last_checkpoint
         self.resume, self.test, self.max_epochs = resume, test, max_epochs
+        self.owner = owner
         self._lock = FileLock(folder / LOCK_FILE, timeout=0)
         self.summary: dict[str, Any] = {}
         self.previous: dict[str, Any] | None = None
@@ -160,9 +166,10 @@ class Run:
         """Take the folder, clean what a killed attempt left, and decide what to do. Raises
         RunFolderError (nothing written) when the folder is in use or holds another run."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        self._take_lock()
+        if self.owner:
+            self._take_lock()
         try:
-            removed = remove_partial_writes(self.folder)
+            removed = remove_partial_writes(self.folder) if self.owner else []
             if removed:
                 log.warning(
                     "removed %d unfinished file(s) of a killed attempt: %s", len(removed), removed[:3]
@@ -205,6 +212,8 @@ class Run:
         try:
             return read_summary(self.folder)
         except ValueError as err:
+            if not self.owner:  # rank 0 keeps it aside
+                return None
             aside = self.folder / f"{SUMMARY_FILE}.unreadable-{time.strftime('%Y%m%d-%H%M%S')}"
             os.replace(self.folder / SUMMARY_FILE, aside)
             log.warning("%s; kept it as %s and continue from the checkpoints", err, aside.name)
@@ -293,8 +302,8 @@ class Run:
     def wandb_id(self) -> str:
         """A W&B run id kept in the folder, so a resumed job continues the same W&B run."""
         path = self.folder / WANDB_ID_FILE
-        if path.is_file():
-            return path.read_text().strip()
+        if path.is_file() or not self.owner:  # rank 0 wrote it before it started the others
+            return path.read_text().strip() if path.is_file() else ""
         run_id = secrets.token_hex(4)  # W&B ids are short lowercase alphanumerics
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(run_id + "\n")
@@ -328,7 +337,7 @@ class Run:
     def fail(self, error: BaseException, message: str) -> None:
         """Record an attempt's end by `error` (failed, or interrupted by a signal); a finished
         run's record stays as it was unless this attempt began to train it again."""
-        if self.todo == "train" and self.summary.get("status") != "finished":
+        if self.owner and self.todo == "train" and self.summary.get("status") != "finished":
             try:
                 self.write_summary(status=end_status(error), error=f"{type(error).__name__}: {message}")
             except OSError as err:  # e.g. the disk is full: the original error matters more
@@ -351,8 +360,9 @@ class Run:
         return str(path) if path.is_file() and self.summary.get("best_val_loss") is not None else None
 
     def write_summary(self, **fields: Any) -> None:
-        self.summary.update(fields)
-        atomic_write_json(self.folder / SUMMARY_FILE, self.summary)
+        self.summary.update(fields)  # every rank knows the record; the owner writes it
+        if self.owner:
+            atomic_write_json(self.folder / SUMMARY_FILE, self.summary)
 
     def result(self) -> float | None:
         """What a sweeper optimises: the best validation loss (None when there is none)."""

@@ -275,6 +275,8 @@ def _check_value(key: str, value: Any) -> None:
         )
     elif key == "run.signals":
         check_signals(value)
+    elif key in RUN_VALUE_CHECKS and not (isinstance(value, str) and "${" in value):
+        RUN_VALUE_CHECKS[key](value)
 
 
 def check_name(name: Any) -> None:
@@ -297,12 +299,42 @@ def check_signals(signals: Any) -> None:
             )
 
 
+def check_seed(seed: Any) -> None:
+    if isinstance(seed, int) and not 0 <= seed < 2**32:
+        raise ConfigProblem(f"seed={seed}: a seed is a whole number from 0 to {2**32 - 1}")
+
+
+def check_max_epochs(epochs: Any) -> None:
+    if isinstance(epochs, int) and (epochs == 0 or epochs < -1):
+        raise ConfigProblem(
+            f"trainer.max_epochs={epochs}: set the number of epochs to train, 1 or more (-1: no limit)"
+        )
+
+
+def check_resume(resume: Any) -> None:
+    """auto, never, or a checkpoint file that exists (a run folder is not one)."""
+    path = Path(str(resume)).expanduser()
+    if resume in ("auto", "never") or path.is_file():
+        return
+    last = path / "checkpoints" / "last.ckpt"
+    hint = f"; this folder's latest state is resume={last}" if last.is_file() else ""
+    raise ConfigProblem(
+        f"resume={resume}: no such checkpoint file; choose auto (continue the run folder's "
+        f"checkpoints/last.ckpt), never (refuse a folder that holds checkpoints) or a .ckpt file{hint}"
+    )
+
+
+RUN_VALUE_CHECKS = {"seed": check_seed, "trainer.max_epochs": check_max_epochs, "resume": check_resume}
+
+
 def _check_composed(cfg: DictConfig) -> None:
     """What experiment files set as well as the command line: the name, the output root, the
-    launcher."""
+    launcher, the run's seed, epochs and resume choice."""
     check_name(cfg.get("name"))
     check_signals(list(cfg.run.signals))
     check_output_root(str(cfg.output_root))
+    for key, check in RUN_VALUE_CHECKS.items():
+        check(OmegaConf.select(cfg, key))
     check_arch(cfg)
     launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
     if "SlurmLauncher" in launcher and shutil.which("sbatch") is None:
@@ -328,7 +360,10 @@ def check_arch(cfg: DictConfig) -> None:
 
 
 def check_output_root(root: str) -> Path:
-    """The output root, resolved; refused when no folder can be created there."""
+    """The output root, resolved; refused when no folder can be created there, or when empty (the
+    configs join it to the run's folder as text: an empty root would put runs under `/`)."""
+    if not root.strip():
+        raise ConfigProblem("output_root is empty: set output_root= to a folder (default: outputs)")
     path = Path(os.path.abspath(Path(root).expanduser()))
     existing = path
     while not existing.exists() and existing != existing.parent:

@@ -269,3 +269,15 @@ def test_help_and_the_config_answer_without_torch(flags: list[str]) -> None:
         assert set(EXPERIMENTS) == {name.strip() for name in listed.replace("\n", " ").split(",")}
     else:  # Hydra resolves trainer.precision (${auto_precision:}), which asks torch for CUDA
         assert "name: smoke" in out.stdout and "'lightning'" not in out.stdout.splitlines()[-1]
+
+
+def test_dash_m_after_the_overrides_is_moved_before_them(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Hydra's parser takes flags before the overrides only; `resvae-train a=1 -m b=2` would be
+    a usage error of nine lines."""
+    import resvae.cli.train as app
+
+    given: list[list[str]] = []
+    monkeypatch.setattr(app, "main", lambda: given.append(sys.argv[1:]))
+    monkeypatch.setattr(sys, "argv", ["resvae-train", "experiment=smoke", "-m", "seed=1,2", "--multirun"])
+    app.cli()
+    assert given == [["-m", "--multirun", "experiment=smoke", "seed=1,2"]]

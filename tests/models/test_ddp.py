@@ -28,6 +28,7 @@ from tests.helpers.models import cpu_trainer
 
 STEPS, PER_RANK = 4, 4
 PER_RANK_BUFFERS = ("objective.code_mean", "objective.code_var")
+LOGGED = ("train/loss", "val/loss", "val/recon")  # epoch means: of the whole split on every rank
 
 
 def group_norm_ae() -> AE:
@@ -65,6 +66,7 @@ class SaveState(L.Callback):
 
     def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         state = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        state.update({f"logged.{k}": trainer.callback_metrics[k].clone() for k in LOGGED})
         for i, s in trainer.optimizers[0].state_dict()["state"].items():
             state.update({f"opt.{i}.{name}": torch.as_tensor(v).clone() for name, v in s.items()})
         torch.save(state, Path(self.folder) / f"rank{trainer.global_rank}.pt")
@@ -75,11 +77,11 @@ def train(folder: str, devices: int) -> None:
         devices=devices,
         strategy="ddp_spawn" if devices > 1 else "auto",
         max_epochs=1,
-        limit_val_batches=0,
+        num_sanity_val_steps=0,
         enable_checkpointing=False,
         callbacks=[SaveState(folder)],
     )
-    trainer.fit(group_norm_ae(), train_dataloaders=RankShards())
+    trainer.fit(group_norm_ae(), train_dataloaders=RankShards(), val_dataloaders=RankShards())
 
 
 @pytest.mark.slow
@@ -90,7 +92,7 @@ def test_two_gloo_ranks_train_one_model_like_a_single_process_on_the_global_batc
         r0, r1 = (torch.load(Path(ddp) / f"rank{r}.pt", weights_only=True) for r in (0, 1))
         one = torch.load(Path(single) / "rank0.pt", weights_only=True)
     assert int(r0["step.skipped"]) == 0 and any(k.startswith("opt.") for k in r0)  # momentum buffers
-    shared = [k for k in r0 if k not in PER_RANK_BUFFERS and not k.startswith("step.means")]
+    shared = [k for k in r0 if k not in PER_RANK_BUFFERS and not k.startswith(("step.means", "logged."))]
     drifted = [k for k in shared if not torch.equal(r0[k], r1[k])]
     assert not drifted, f"the ranks differ (independent replicas): {drifted}"
     start = group_norm_ae().state_dict()
@@ -103,6 +105,11 @@ def test_two_gloo_ranks_train_one_model_like_a_single_process_on_the_global_batc
     # relative errors of such tensors mean nothing).
     assert norm(r0, params, one) < 1e-3 * moved
     assert norm(r0, momenta, one) < 1e-3 * norm(one, momenta)
+    # each rank saw half of every batch; the logged epoch means are the ranks' sums added up, so
+    # both ranks log (and their schedulers and checkpoints act on) the single process's numbers
+    for key in LOGGED:
+        assert torch.equal(r0[f"logged.{key}"], r1[f"logged.{key}"]), key
+        torch.testing.assert_close(r0[f"logged.{key}"], one[f"logged.{key}"], rtol=1e-4, atol=0, msg=key)
 
 
 def norm(a: dict, keys: list[str], b: dict | None = None) -> float:

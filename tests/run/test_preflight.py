@@ -48,6 +48,12 @@ BAD_COMMAND_LINES = [
     (["model.arch.depth=28,30"], "nearest valid: 28 or 34"),
     (["model.arch.blocks=[1,1]"], "model.arch.blocks must list 4 positive block counts"),
     (["model.arch.shortcut=foo"], "unknown shortcut 'foo'"),
+    (["output_root="], "output_root is empty"),  # the configs would join it into /<name>
+    (["seed=-1"], "seed=-1: a seed is a whole number from 0 to 4294967295"),
+    (["seed=0,4294967296"], "seed=4294967296: a seed is a whole number"),
+    (["trainer.max_epochs=0"], "trainer.max_epochs=0: set the number of epochs to train, 1 or more"),
+    (["trainer.max_epochs=-5"], "(-1: no limit)"),
+    (["resume=nevr"], "resume=nevr: no such checkpoint file; choose auto"),
 ]
 
 
@@ -96,6 +102,7 @@ def run(args: list[str], cwd: Path, module: str = "resvae.cli.train") -> subproc
         ["model.arch.depth=29"],
         ["seedd=1"],
         ["model.optimizer.lr=abc"],
+        ["resume=never_", "trainer.max_epochs=0"],
     ],
 )
 def test_the_app_exits_2_with_one_line_and_creates_nothing(tmp_path: Path, args: list[str]) -> None:

@@ -157,9 +157,15 @@ def test_bad_input_gives_clear_errors_and_writes_nothing_over(run_train, tmp_pat
         }
 
     before = contents()
+    log, record = (run_dir / "train.log").read_bytes(), (run_dir / ".hydra" / "config.yaml").read_bytes()
 
     out = _fails(run_train, *TINY, "trainer.max_epochs=1", "logger=none", "test=false", "resume=never")
     assert "already holds checkpoints" in out and "resume=auto" in out
+    assert (run_dir / "train.log").read_bytes() == log  # refused: not even its log is written to
+    # an attempt that owns the folder but fails to build its trainer keeps the run's .hydra/ record
+    out = _fails(run_train, *TINY, "trainer.max_epochs=2", "logger=none", "test=false", "trainer.devices=0")
+    assert "Trainer(devices=0)" in out
+    assert (run_dir / ".hydra" / "config.yaml").read_bytes() == record
     out = _fails(run_train, *TINY, "logger=none", f"resume='{tmp_path / 'nope.ckpt'}'")
     assert "no such checkpoint" in out
     foreign = tmp_path / "foreign.ckpt"

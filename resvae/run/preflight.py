@@ -84,12 +84,12 @@ def check_overrides(args: Sequence[str]) -> None:
         _check_keys(own, defaults, groups, variant if variant is not chosen else [])
     first = _first_values(overrides)
     _check_composed(_compose(first))
-    for override in overrides:  # every value of a sweep over the network
+    for override in overrides:  # every value of a sweep over the network or the data
         key = override.key_or_group
-        if override.is_sweep_override() and key.startswith("model.arch."):
+        if override.is_sweep_override() and key.startswith(BUILT_FIRST):
             others = [item for item in first if not item.startswith(f"{key}=")]
             for value in _values(override)[1:]:
-                check_arch(_compose([*others, f"{key}={_as_override(value)}"]))
+                check_built(_compose([*others, f"{key}={_as_override(value)}"]))
 
 
 def _other_group_choices(
@@ -335,7 +335,7 @@ def _check_composed(cfg: DictConfig) -> None:
     check_output_root(str(cfg.output_root))
     for key, check in RUN_VALUE_CHECKS.items():
         check(OmegaConf.select(cfg, key))
-    check_arch(cfg)
+    check_built(cfg)
     launcher = str(OmegaConf.select(cfg, "hydra.launcher._target_", default="") or "")
     if "SlurmLauncher" in launcher and shutil.which("sbatch") is None:
         raise ConfigProblem(
@@ -344,19 +344,24 @@ def _check_composed(cfg: DictConfig) -> None:
         )
 
 
-def check_arch(cfg: DictConfig) -> None:
-    """Build the network's config (a dataclass of resvae.nn: no weights), so an impossible depth or
-    block split is refused before a run folder exists."""
-    arch = OmegaConf.select(cfg, "model.arch")
-    if not isinstance(arch, DictConfig) or not str(arch.get("_target_", "")).startswith("resvae.nn."):
-        return
+BUILT_FIRST = ("model.arch.", "data.")  # cheap to build, and building checks their values
+
+
+def check_built(cfg: DictConfig) -> None:
+    """Build the network's config (a dataclass of resvae.nn: no weights) and the data module (its
+    images are read later), so an impossible depth or block split and a batch size of 0 are
+    refused before a run folder exists."""
     from hydra.utils import instantiate
 
-    try:
-        instantiate(arch)
-    except Exception as err:  # Hydra wraps the dataclass's own error
-        text = " ".join(str(err.__cause__ or err).split())
-        raise ConfigProblem(text if text.startswith("model.") else f"model.arch: {text}") from None
+    for key in ("model.arch", "data"):
+        node = OmegaConf.select(cfg, key)
+        if not isinstance(node, DictConfig) or not str(node.get("_target_", "")).startswith("resvae."):
+            continue
+        try:
+            instantiate(node)
+        except Exception as err:  # Hydra wraps the constructor's own error
+            text = " ".join(str(err.__cause__ or err).split())
+            raise ConfigProblem(text if text.startswith(key.split(".")[0]) else f"{key}: {text}") from None
 
 
 def check_output_root(root: str) -> Path:

@@ -54,6 +54,8 @@ BAD_COMMAND_LINES = [
     (["trainer.max_epochs=0"], "trainer.max_epochs=0: set the number of epochs to train, 1 or more"),
     (["trainer.max_epochs=-5"], "(-1: no limit)"),
     (["resume=nevr"], "resume=nevr: no such checkpoint file; choose auto"),
+    (["data.batch_size=0"], "data.batch_size must be >= 1, got 0"),  # the data module is built
+    (["data.batch_size=8,0"], "data.batch_size must be >= 1, got 0"),  # for each value of a sweep
 ]
 
 
@@ -103,6 +105,7 @@ def run(args: list[str], cwd: Path, module: str = "resvae.cli.train") -> subproc
         ["seedd=1"],
         ["model.optimizer.lr=abc"],
         ["resume=never_", "trainer.max_epochs=0"],
+        ["data.batch_size=0"],
     ],
 )
 def test_the_app_exits_2_with_one_line_and_creates_nothing(tmp_path: Path, args: list[str]) -> None:

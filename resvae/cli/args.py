@@ -5,11 +5,10 @@ options that say where the model runs and where its data and config are, and pro
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Callable
 from pathlib import Path
-
-from resvae.callbacks.progress import at_quarter
 
 
 def positive_int(text: str) -> int:
@@ -26,6 +25,29 @@ def nonnegative_int(text: str) -> int:
     return value
 
 
+def json_file(text: str) -> Path:
+    """An --out that names a .json file, never a run's summary.json or a folder (a slip such as
+    `--out RUN/checkpoints/best.ckpt` would otherwise replace the run's own files)."""
+    path = Path(text)
+    if path.suffix != ".json" or path.name == "summary.json" or path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text}: name a .json file of its own (not summary.json)")
+    return path
+
+
+def file_stem(text: str) -> str:
+    """A file name stem of letters, digits and . _ - (no folders: the files stay where they belong)."""
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: use letters, digits and . _ - (no /), e.g. compare")
+    return text
+
+
+def device_name(text: str) -> str:
+    """cpu, cuda or cuda:N (torch's other device kinds have no path through these tools)."""
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", text):
+        raise argparse.ArgumentTypeError(f"{text!r}: choose cpu, cuda or cuda:N")
+    return text
+
+
 def add_run_options(p: argparse.ArgumentParser) -> None:
     """--device, --data-root and --config, read by resvae.cli.targets.pick_device and run_config."""
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
@@ -40,6 +62,7 @@ def add_run_options(p: argparse.ArgumentParser) -> None:
 def progress_printer(label: str, unit: str = "batch") -> Callable[[int, int], None]:
     """`show(done, total)`: one updating line on a terminal, else a line at every quarter (logs),
     as the training log's test phase (callbacks/progress.py)."""
+    from resvae.callbacks.progress import at_quarter  # late: the callbacks import resvae-analyze's writers
     tty = sys.stderr.isatty()
 
     def show(done: int, total: int) -> None:

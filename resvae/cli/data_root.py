@@ -99,6 +99,7 @@ def resolve_data_root(
 
 def _stored_root(config: Path) -> tuple[str | None, str | None]:
     """(data.root as the file writes it, resolved) of a composed config; (None, None) without one."""
+    import yaml
     from omegaconf import DictConfig, OmegaConf
     from omegaconf.errors import OmegaConfBaseException
 
@@ -111,7 +112,7 @@ def _stored_root(config: Path) -> tuple[str | None, str | None]:
             return None, None
         raw = OmegaConf.to_container(data, resolve=False)["root"]  # type: ignore[index]
         value = OmegaConf.select(cfg, "data.root", throw_on_missing=True)
-    except OmegaConfBaseException as err:
+    except (OmegaConfBaseException, yaml.YAMLError, UnicodeDecodeError) as err:  # not a YAML config
         raise ValueError(f"cannot read data.root of {config}: {' '.join(str(err).split())[:200]}") from err
     if value is None:
         return None, None

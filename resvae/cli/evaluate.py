@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from resvae.cli.args import add_run_options, nonnegative_int, positive_int, progress_printer
+from resvae.cli.args import add_run_options, json_file, nonnegative_int, positive_int, progress_printer
 from resvae.cli.data_root import SPLITS, load_split, report_data, resolve_data_root
 from resvae.cli.scores import EvaluationError, bpd_refusal, evaluate_images
 from resvae.cli.targets import (
@@ -195,7 +195,7 @@ def parser() -> argparse.ArgumentParser:
         "$TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints)",
     )  # fmt: skip
     add_run_options(p)
-    p.add_argument("--out", type=Path, help="write the results here (default: RUN/eval.json)")
+    p.add_argument("--out", type=json_file, help="write the results here (default: RUN/eval.json)")
     return p
 
 

@@ -28,6 +28,7 @@ options give byte-identical files. Exit codes as resvae-eval's (2: an error of t
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
 from functools import partial
@@ -145,8 +146,8 @@ def sample_target(target: Target, args: argparse.Namespace, device: torch.device
 def _temperature(text: str) -> Temperature:
     """`0.8`, or per latent group of a hierarchical VAE in top-down order: `1,0.8,0.6`."""
     values = [float(part) for part in text.split(",")]
-    if not all(v >= 0 for v in values):
-        raise argparse.ArgumentTypeError(f"temperatures must be >= 0, got {text}")
+    if not all(math.isfinite(v) and v >= 0 for v in values):
+        raise argparse.ArgumentTypeError(f"temperatures must be finite and >= 0, got {text}")
     return values[0] if len(values) == 1 else tuple(values)
 
 

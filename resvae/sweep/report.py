@@ -116,7 +116,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
-    page = write_report(sweep_dir)
+    try:
+        page = write_report(sweep_dir)
+    except OSError as err:  # a read-only sweep folder, or a file where report/ goes
+        print(f"resvae-report: error: cannot write the report into {sweep_dir}: {err}", file=sys.stderr)
+        return 2
     params = varied_params(runs)
     print(markdown_table(table_rows(runs, params), params))
     print(f"\nreport: {page}")

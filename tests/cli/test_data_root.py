@@ -193,3 +193,12 @@ def test_eval_and_sample_read_the_runs_data_and_say_so(
     assert evaluate.main([str(run), "--iw-samples", "0", *other]) == 0
     assert json.loads((tmp_path / "b.json").read_text())["n_images"] == TEST_IMAGES["B"]
     assert data_lines(capsys.readouterr().err) == [f"data: {b} (from --data-root)"]
+
+
+@pytest.mark.parametrize("text", [b"model: [unclosed\n  : : :", b"\xe9\xff binary"])
+def test_a_config_that_is_not_yaml_is_one_error_naming_it(tmp_path: Path, text: bytes) -> None:
+    (tmp_path / ".hydra").mkdir()
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / ".hydra" / "config.yaml").write_bytes(text)
+    with pytest.raises(ValueError, match="cannot read data.root of .*config.yaml"):
+        resolve_data_root(None, tmp_path)

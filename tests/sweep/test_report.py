@@ -405,3 +405,13 @@ def test_lr_sweep_fits_a_1400px_screen_in_headless_chromium(lr_sweep: Path, tmp_
     names = [trial_name(i) for i in range(len(TRIALS))]
     assert layout["titles"] == names  # each long name shortened, whole in its title
     assert all(len(cell) < len(name) for cell, name in zip(first_cells, names))
+
+
+def test_main_is_one_line_when_the_report_cannot_be_written(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    sweep = make_sweep(tmp_path)
+    (sweep / "report").write_text("a file where the report's folder of plots goes")
+    assert report.main([str(sweep)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("resvae-report: error: cannot write the report into") and "\n" not in err

@@ -36,6 +36,7 @@ from resvae.cli.analyze.compare import compare_sweep
 from resvae.cli.analyze.gradients import write_gradients
 from resvae.cli.analyze.lesion import lesion_study, write_lesion
 from resvae.cli.analyze.output import log_to_wandb, write_csv
+from resvae.cli.args import device_name, file_stem
 from resvae.models.gradients import gradient_profile
 from resvae.run.io import atomic_write, atomic_write_json
 
@@ -140,7 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
             "--split", choices=("train", "val", "test"), default="test", help="data split (default test)"
         )
         p.add_argument("--seed", type=int, default=0, help="seed of the VAE's noise and the random draws")
-        p.add_argument("--device", default=None, help="cpu, cuda, ... (default: cuda when available)")
+        p.add_argument("--device", type=device_name, help="cpu, cuda or cuda:N (default: cuda if available)")
         src = p.add_mutually_exclusive_group()
         src.add_argument("--data-root", help="use CIFAR-10 from this folder instead of the run's data")
         src.add_argument("--synthetic", action="store_true", help="use generated images")
@@ -178,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--series", help="dotted config key, one line (or bar) per value, e.g. model.arch.shortcut"
     )
-    p.add_argument("--name", default="compare", help="file stem of the outputs (default compare)")
+    p.add_argument("--name", type=file_stem, default="compare", help="file stem of the outputs")
     p.add_argument("--wandb-project", help="also log the table and plot to this W&B project")
     p.set_defaults(run=cmd_compare)
     return parser

@@ -11,6 +11,7 @@ import logging
 import math
 import os
 import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,7 @@ from resvae.callbacks import RNGState, RunSummary, RunTag
 from resvae.models import NonFiniteTrainingError
 from resvae.run import errors
 from resvae.run.checkpoints import AtomicCheckpointIO, BackgroundCheckpointIO, read_checkpoint
-from resvae.run.folder import Run, RunFolderError, checkpoint_callbacks, git_commit, hashed_config
+from resvae.run.folder import Run, RunFolderError, checkpoint_callbacks, hashed_config
 from resvae.run.io import atomic_write
 from resvae.run.loggers import MetricsCSVLogger, finish_wandb, quiet_boilerplate, wandb_summary_mirror
 from resvae.run.numerics import set_float32_precision
@@ -99,6 +100,25 @@ def run_callbacks(cfg: DictConfig, run: Run, loggers: list[Any]) -> list[Any]:
         provenance["resumed_from"] = str(run.resume_from) if run.resume_from else None
     summary = RunSummary(run, provenance, mirror=wandb_summary_mirror(loggers))
     return [*csv, summary, RNGState(), RunTag(run), Preemption(run.last_checkpoint, cfg.run.signals)]
+
+
+def git_commit() -> str:
+    """HEAD of the repository holding this package, with '-dirty' for uncommitted changes."""
+    here = Path(__file__).resolve().parent
+    try:
+        sha = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=here,
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return sha + ("-dirty" if dirty else "")
 
 
 def save_config_record(cfg: DictConfig, folder: Path) -> None:

@@ -22,7 +22,6 @@ import math
 import os
 import secrets
 import socket
-import subprocess
 import time
 from collections.abc import Iterable, Mapping
 from pathlib import Path
@@ -373,25 +372,6 @@ class Run:
         if self._lock.is_locked:
             (self.folder / OWNER_FILE).unlink(missing_ok=True)
             self._lock.release()
-
-
-def git_commit() -> str:
-    """HEAD of the repository holding this package, with '-dirty' for uncommitted changes."""
-    here = Path(__file__).resolve().parent
-    try:
-        sha = subprocess.run(
-            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=10, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"],
-            cwd=here,
-            capture_output=True,
-            text=True,
-            timeout=10,
-        ).stdout.strip()
-    except (OSError, subprocess.SubprocessError):
-        return "unknown"
-    return sha + ("-dirty" if dirty else "")
 
 
 def _read_json(path: Path) -> dict[str, Any]:

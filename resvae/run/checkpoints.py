@@ -77,7 +77,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
     except Exception as err:
         raise CheckpointError(
             f"checkpoint {path} cannot be read: {unreadable_kind(path, err)}; use another checkpoint "
-            "(e.g. best.ckpt) or start the run again"
+            f"(e.g. {other_checkpoint(path)}) or start the run again"
         ) from err
     if not isinstance(ckpt, dict) or CHECKPOINT_TAG not in ckpt:
         raise CheckpointError(
@@ -85,6 +85,13 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             "entry that resvae-train writes into each checkpoint; use one from a resvae run folder"
         )
     return ckpt
+
+
+def other_checkpoint(path: Path) -> str:
+    """The run folder's other checkpoint, to suggest in place of an unreadable one."""
+    other = "last.ckpt" if path.name == "best.ckpt" else "best.ckpt"
+    sibling = path.with_name(other)
+    return str(sibling) if sibling.is_file() else other
 
 
 def unreadable_kind(path: Path, err: Exception) -> str:

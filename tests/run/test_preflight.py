@@ -171,6 +171,16 @@ def test_a_foreign_or_broken_checkpoint_is_described_as_what_it_is(
         assert "truncated" not in message  # it is not what it is not
 
 
+def test_an_unreadable_best_ckpt_points_at_the_runs_last_ckpt(tmp_path: Path) -> None:
+    files = checkpoint_files(tmp_path)
+    (tmp_path / "checkpoints").mkdir()
+    best = tmp_path / "checkpoints" / "best.ckpt"
+    best.write_bytes(files["truncated"].read_bytes())
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"")
+    with pytest.raises(CheckpointError, match=r"use another checkpoint \(e.g. .*checkpoints/last.ckpt\)"):
+        read_checkpoint(best)
+
+
 # ----------------------------------------------------------------------------- a diverged run
 @pytest.mark.slow
 def test_a_run_that_never_had_a_finite_val_loss_has_no_best_ckpt_and_every_tool_says_so(

@@ -67,7 +67,8 @@ def run_config(target: Target, config_file: Path | None) -> DictConfig:
                 raise ValueError(f"the run config {path} is not a mapping")
             return cfg
         if path == config_file:
-            raise ValueError(f"--config {path} does not exist")
+            what = "is a folder" if path.is_dir() else "does not exist"
+            raise ValueError(f"--config {path} {what}: pass the run's config file, RUN/.hydra/config.yaml")
     if target.run_dir is not None and (target.run_dir / "summary.json").is_file():
         try:
             summary = json.loads((target.run_dir / "summary.json").read_text())

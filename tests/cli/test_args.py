@@ -43,3 +43,12 @@ def test_analyze_takes_the_devices_it_can_run_on() -> None:
 def test_sample_temperatures_are_finite_and_not_negative(text: str) -> None:
     with pytest.raises(argparse.ArgumentTypeError):
         sample._temperature(text)
+
+
+@pytest.mark.parametrize(("name", "words"), [("missing.yaml", "does not exist"), ("folder", "is a folder")])
+def test_config_that_is_not_a_file_says_what_it_is(tmp_path: Path, name: str, words: str) -> None:
+    from resvae.cli.targets import Target, run_config
+
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(ValueError, match=f"--config .*{name} {words}: pass the run's config file"):
+        run_config(Target("RUN", None), tmp_path / name)

@@ -10,6 +10,8 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from resvae.run.config import NAME_PATTERN
+
 
 def positive_int(text: str) -> int:
     value = int(text)
@@ -36,7 +38,7 @@ def json_file(text: str) -> Path:
 
 def file_stem(text: str) -> str:
     """A file name stem of letters, digits and . _ - (no folders: the files stay where they belong)."""
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", text):
+    if not NAME_PATTERN.fullmatch(text):
         raise argparse.ArgumentTypeError(f"{text!r}: use letters, digits and . _ - (no /), e.g. compare")
     return text
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import netrc
 import os
+import re
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -52,6 +53,8 @@ def wandb_offline() -> bool:
     return not wandb_logged_in()
 
 
+# a run name or an output's file stem: one folder or file name, never a path (no /, no ..)
+NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 MAX_LEAF = 120  # characters of a run folder's name before the rest is replaced by a hash
 
 

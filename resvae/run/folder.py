@@ -301,8 +301,10 @@ class Run:
     def wandb_id(self) -> str:
         """A W&B run id kept in the folder, so a resumed job continues the same W&B run."""
         path = self.folder / WANDB_ID_FILE
-        if path.is_file() or not self.owner:  # rank 0 wrote it before it started the others
-            return path.read_text().strip() if path.is_file() else ""
+        if path.is_file():
+            return path.read_text().strip()
+        if not self.owner:  # rank 0 writes it before it starts the other ranks, which never log
+            return ""
         run_id = secrets.token_hex(4)  # W&B ids are short lowercase alphanumerics
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(run_id + "\n")

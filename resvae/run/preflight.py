@@ -26,11 +26,10 @@ from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException, MissingConfigException
 from omegaconf import DictConfig, OmegaConf
 
-from resvae.run.config import config_dir
+from resvae.run.config import NAME_PATTERN, config_dir
 from resvae.run.numerics import CONV_PRECISIONS, MATMUL_PRECISIONS
 
 USER_CONFIG_FLAGS = ("-cd", "--config-dir", "-cp", "--config-path", "-cn", "--config-name")
-NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 class ConfigProblem(ValueError):
@@ -86,7 +85,7 @@ def check_overrides(args: Sequence[str]) -> None:
     _check_composed(_compose(first))
     for override in overrides:  # every value of a sweep over the network or the data
         key = override.key_or_group
-        if override.is_sweep_override() and key.startswith(BUILT_FIRST):
+        if override.is_sweep_override() and key.startswith(tuple(f"{node}." for node in BUILT_FIRST)):
             others = [item for item in first if not item.startswith(f"{key}=")]
             for value in _values(override)[1:]:
                 check_built(_compose([*others, f"{key}={_as_override(value)}"]))
@@ -344,7 +343,7 @@ def _check_composed(cfg: DictConfig) -> None:
         )
 
 
-BUILT_FIRST = ("model.arch.", "data.")  # cheap to build, and building checks their values
+BUILT_FIRST = ("model.arch", "data")  # cheap to build, and building checks their values
 
 
 def check_built(cfg: DictConfig) -> None:
@@ -353,7 +352,7 @@ def check_built(cfg: DictConfig) -> None:
     refused before a run folder exists."""
     from hydra.utils import instantiate
 
-    for key in ("model.arch", "data"):
+    for key in BUILT_FIRST:
         node = OmegaConf.select(cfg, key)
         if not isinstance(node, DictConfig) or not str(node.get("_target_", "")).startswith("resvae."):
             continue
